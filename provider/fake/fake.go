@@ -19,6 +19,8 @@
 //   - With a boot delay of 0 it is listed as creating by the first Update that
 //     sees it and as running by every later Update. So Increase → creating →
 //     running is always observable, and no clock is needed.
+//   - With Config.BootFailureRate, an instance may instead end in timeout
+//     where it would have become running, and stays so until Decrease.
 //   - Decrease marks an instance deleting. With Config.DeleteDelay d > 0 it is
 //     listed as deleting until Now() ≥ decreased+d and then disappears. With
 //     0 it is listed as deleting once, by the next Update, and is gone from
@@ -109,6 +111,12 @@ type Config struct {
 	// the simulator's boot time distributions. Negative results count as 0.
 	// It is called with the group's lock held and must not call the group.
 	BootDelayFunc func(rnd *rand.Rand) time.Duration
+	// BootFailureRate is the probability (0 ≤ p ≤ 1) that an instance
+	// created by Increase fails to boot: where it would become running it is
+	// listed as timeout instead, and stays so until Decrease. Drawn per
+	// instance from the generator seeded by Seed; for the simulator and
+	// tests of boot timeouts.
+	BootFailureRate float64
 	// DeleteDelay is how long an instance stays deleting after Decrease
 	// before it disappears from Update. 0 means: listed as deleting by the
 	// next Update, gone from the one after. Must be ≥ 0.
@@ -200,6 +208,7 @@ type instance struct {
 	state provider.State
 
 	bootDelay time.Duration
+	bootFails bool      // becomes timeout instead of running
 	changedAt time.Time // when state was last set by the fake (Increase, Decrease, SetState)
 	listed    bool      // listed by an Update in the current state
 
@@ -220,6 +229,8 @@ func New(cfg Config) *Group {
 		panic(fmt.Sprintf("fake.New: Config.DeleteDelay is %v; use 0 or a positive duration", cfg.DeleteDelay))
 	case cfg.MaxSize < 0:
 		panic(fmt.Sprintf("fake.New: Config.MaxSize is %d; use 0 for unlimited or a positive number of instances", cfg.MaxSize))
+	case !(cfg.BootFailureRate >= 0 && cfg.BootFailureRate <= 1):
+		panic(fmt.Sprintf("fake.New: Config.BootFailureRate is %v; use a probability between 0 and 1", cfg.BootFailureRate))
 	case cfg.CallLogLimit < 0:
 		panic(fmt.Sprintf("fake.New: Config.CallLogLimit is %d; use 0 to keep every call", cfg.CallLogLimit))
 	}
@@ -299,8 +310,8 @@ func (g *Group) Init(ctx context.Context, logger *zap.Logger, settings provider.
 // Update calls fn once per instance of the group, in creation order, with
 // its state, applying the state changes described in the package
 // documentation. fn is called without the group's lock held, so it may call
-// the group. It returns an injected error (then fn is not called), or
-// ctx.Err() if ctx ends while listing.
+// the group. It returns an injected error or ctx.Err() (then fn is not
+// called).
 func (g *Group) Update(ctx context.Context, fn func(id string, state provider.State)) error {
 	if err := g.usable(ctx); err != nil {
 		g.c.recordOnly(Call{Op: OpUpdate, Err: err})
@@ -337,23 +348,14 @@ func (g *Group) Update(ctx context.Context, fn func(id string, state provider.St
 	hooks := c.hooks
 	c.mu.Unlock()
 
-	var err error
-	for i, e := range entries {
-		if i&255 == 0 {
-			if err = ctx.Err(); err != nil {
-				break
-			}
-		}
+	for _, e := range entries {
 		fn(e.id, e.state)
 	}
 	clear(entries)
 	*bp = entries[:0]
 	entryPool.Put(bp)
-	if err != nil {
-		call.Err = err
-	}
 	runHooks(hooks, call)
-	return err
+	return nil
 }
 
 type entry struct {
@@ -404,6 +406,9 @@ func (g *Group) Increase(ctx context.Context, n int) (int, error) {
 				in.bootDelay = max(f(c.rnd), 0)
 			} else {
 				in.bootDelay = c.cfg.BootDelay
+			}
+			if p := c.cfg.BootFailureRate; p > 0 && c.rnd.Float64() < p {
+				in.bootFails = true
 			}
 			ids = append(ids, in.id)
 		}
@@ -742,10 +747,13 @@ func (g *Group) AddInstance(s provider.State) string {
 	return in.id
 }
 
-// Instances returns a snapshot of every instance's current state keyed by
-// id. Time-based changes (boot and delete delays) are applied; changes that
-// need an Update to observe them (zero delays) are not, and nothing is
-// consumed: calling Instances never changes what Update reports.
+// Instances returns a snapshot of every instance the group holds (the ones
+// Len counts) with its current state, keyed by id. States are what the next
+// Update would report, but nothing is consumed: calling Instances never
+// changes what Update reports. An instance is only dropped, freeing room
+// under MaxSize, by the Update that stops listing it (or by Vanish), so a
+// deleting instance whose delete delay has passed is still included here
+// until then.
 func (g *Group) Instances() map[string]provider.State {
 	c := g.c
 	c.mu.Lock()
@@ -941,16 +949,17 @@ func (c *cloud) next(in *instance, now time.Time) (provider.State, bool) {
 		if in.stickCreating {
 			return provider.StateCreating, false
 		}
+		booted := in.listed
 		if in.bootDelay > 0 {
-			if now.Sub(in.changedAt) >= in.bootDelay {
-				return provider.StateRunning, false
-			}
+			booted = now.Sub(in.changedAt) >= in.bootDelay
+		}
+		switch {
+		case !booted:
 			return provider.StateCreating, false
+		case in.bootFails:
+			return provider.StateTimeout, false
 		}
-		if in.listed {
-			return provider.StateRunning, false
-		}
-		return provider.StateCreating, false
+		return provider.StateRunning, false
 	case provider.StateDeleting:
 		if in.stickDeleting {
 			return provider.StateDeleting, false

@@ -193,6 +193,40 @@ func TestBootDelayFuncDeterministic(t *testing.T) {
 	}
 }
 
+func TestBootFailureRate(t *testing.T) {
+	g := newGroup(t, fake.Config{BootFailureRate: 1})
+	increase(t, g, 2)
+	wantUpdate(t, g, l("fake-1", creating), l("fake-2", creating))
+	wantUpdate(t, g, l("fake-1", timeout), l("fake-2", timeout))
+	wantUpdate(t, g, l("fake-1", timeout), l("fake-2", timeout))
+	if err := g.Heartbeat(context.Background(), "fake-1"); !provider.IsInstanceUnhealthy(err) {
+		t.Fatalf("Heartbeat of a timed-out instance = %v, want unhealthy", err)
+	}
+	g.Decrease(context.Background(), []string{"fake-1"})
+	wantUpdate(t, g, l("fake-1", deleting), l("fake-2", timeout))
+
+	failed := func(seed int64) []bool {
+		g := newGroup(t, fake.Config{BootFailureRate: 0.5, Seed: seed})
+		increase(t, g, 200)
+		update(t, g)
+		var out []bool
+		for _, e := range update(t, g) {
+			if e.State != running && e.State != timeout {
+				t.Fatalf("%s is %s after boot", e.ID, e.State)
+			}
+			out = append(out, e.State == timeout)
+		}
+		return out
+	}
+	a, b, c := failed(5), failed(5), failed(6)
+	if !slices.Equal(a, b) || slices.Equal(a, c) {
+		t.Fatal("boot failures are not determined by the seed")
+	}
+	if n := len(slices.DeleteFunc(a, func(x bool) bool { return !x })); n < 70 || n > 130 {
+		t.Fatalf("%d of 200 boots failed at rate 0.5", n)
+	}
+}
+
 func TestMaxSizePartialIncrease(t *testing.T) {
 	g := newGroup(t, fake.Config{MaxSize: 3})
 	got, err := g.Increase(context.Background(), 5)
@@ -351,6 +385,7 @@ func TestBadKnobInputPanics(t *testing.T) {
 		"negative DeleteDelay":  func() { fake.New(fake.Config{DeleteDelay: -1}) },
 		"negative MaxSize":      func() { fake.New(fake.Config{MaxSize: -1}) },
 		"negative CallLogLimit": func() { fake.New(fake.Config{CallLogLimit: -1}) },
+		"BootFailureRate > 1":   func() { fake.New(fake.Config{BootFailureRate: 2}) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			defer func() {
