@@ -1,0 +1,166 @@
+package pipeline
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseFullExample(t *testing.T) {
+	src := `
+stages: [build, test]
+variables:
+  GREETING: hello
+  NUM: 42
+  RAW:
+    value: "$HOME"
+    expand: false
+default:
+  before_script: [echo default-before]
+  after_script: [echo default-after]
+  timeout: 10 minutes
+.template:
+  stage: test
+  variables:
+    FROM_TEMPLATE: "yes"
+  script: [echo template]
+compile:
+  stage: build
+  tags: [linux]
+  script:
+    - echo compile
+    - [echo nested-1, echo nested-2]
+unit:
+  extends: .template
+  variables:
+    OWN: "1"
+  timeout: 1h 30m
+  allow_failure: true
+cleanup:
+  stage: test
+  when: always
+  before_script: []
+  script: echo one-line
+`
+	p, err := Parse([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{".pre", "build", "test", ".post"}, p.Stages); diff != "" {
+		t.Errorf("stages (-want +got):\n%s", diff)
+	}
+	wantVars := []Variable{{Key: "GREETING", Value: "hello"}, {Key: "NUM", Value: "42"}, {Key: "RAW", Value: "$HOME", Raw: true}}
+	if diff := cmp.Diff(wantVars, p.Variables); diff != "" {
+		t.Errorf("variables (-want +got):\n%s", diff)
+	}
+	want := []*Job{
+		{Name: "compile", Stage: "build", BeforeScript: []string{"echo default-before"}, AfterScript: []string{"echo default-after"},
+			Script: []string{"echo compile", "echo nested-1", "echo nested-2"}, Timeout: 10 * time.Minute, When: OnSuccess},
+		{Name: "unit", Stage: "test", Variables: []Variable{{Key: "FROM_TEMPLATE", Value: "yes"}, {Key: "OWN", Value: "1"}},
+			BeforeScript: []string{"echo default-before"}, AfterScript: []string{"echo default-after"},
+			Script: []string{"echo template"}, Timeout: 90 * time.Minute, AllowFailure: true, When: OnSuccess},
+		{Name: "cleanup", Stage: "test", AfterScript: []string{"echo default-after"},
+			Script: []string{"echo one-line"}, Timeout: 10 * time.Minute, When: Always},
+	}
+	if diff := cmp.Diff(want, p.Jobs); diff != "" {
+		t.Errorf("jobs (-want +got):\n%s", diff)
+	}
+	if len(p.Warnings) != 1 || !strings.Contains(p.Warnings[0], `"compile": tags is ignored`) {
+		t.Errorf("warnings = %q, want one about tags on compile", p.Warnings)
+	}
+	groups := p.ByStage(p.Jobs)
+	if len(groups) != 2 || groups[0][0].Name != "compile" || len(groups[1]) != 2 {
+		t.Errorf("ByStage = %v", groups)
+	}
+}
+
+func TestParseDefaultsWithoutStages(t *testing.T) {
+	p, err := Parse([]byte("job:\n  script: [echo]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := p.Jobs[0]
+	if j.Stage != "test" || j.Timeout != DefaultTimeout || j.When != OnSuccess {
+		t.Errorf("job = %+v, want stage test, timeout 1h, when on_success", j)
+	}
+	if diff := cmp.Diff(DefaultStages, p.Stages); diff != "" {
+		t.Error(diff)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		want      []string
+	}{
+		{"artifacts", "j:\n  script: [x]\n  artifacts: {paths: [a]}\n", []string{`job "j"`, `"artifacts" is not supported`}},
+		{"several", "j:\n  script: [x]\n  rules: []\n  cache: {}\n", []string{`"cache", "rules" are not supported`}},
+		{"include", "include: a.yml\nj:\n  script: [x]\n", []string{"include is not supported"}},
+		{"no script", "j:\n  stage: test\n", []string{`job "j": has no script`}},
+		{"empty script", "j:\n  script: []\n", []string{`job "j": script is empty`}},
+		{"unknown stage", "stages: [a]\nj:\n  stage: b\n  script: [x]\n", []string{`stage "b" is not listed`}},
+		{"bad timeout", "j:\n  script: [x]\n  timeout: 5 fortnights\n", []string{`job "j": timeout`, `unknown unit "fortnights"`}},
+		{"bad when", "j:\n  script: [x]\n  when: sometimes\n", []string{`job "j": when`, "use on_success"}},
+		{"delayed", "j:\n  script: [x]\n  when: delayed\n", []string{"delayed"}},
+		{"allow_failure exit codes", "j:\n  script: [x]\n  allow_failure: {exit_codes: [1]}\n", []string{"exit_codes is not supported"}},
+		{"extends missing", "j:\n  extends: .nope\n  script: [x]\n", []string{`extends ".nope", which is not defined`}},
+		{"extends loop", ".a:\n  extends: .b\n.b:\n  extends: .a\nj:\n  extends: .a\n  script: [x]\n", []string{"extends loops"}},
+		{"job not a map", "j: [echo hi]\n", []string{`job "j": must be a mapping`}},
+		{"bad yaml", "j:\n  script: [x\n", []string{"invalid YAML"}},
+		{"only hidden", ".j:\n  script: [x]\n", []string{"has no jobs"}},
+		{"empty", "", []string{"has no jobs"}},
+		{"script number", "j:\n  script: [42]\n", []string{"quote it"}},
+		{"bad default", "default:\n  artifacts: {}\nj:\n  script: [x]\n", []string{`"artifacts" is not supported by exec in`}},
+		{"top before_script", "before_script: [x]\nj:\n  script: [x]\n", []string{"move it under `default:`"}},
+		{"variable field", "variables:\n  A: {value: x, bogus: 1}\nj:\n  script: [x]\n", []string{"unknown field bogus"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.src))
+			if err == nil {
+				t.Fatal("Parse succeeded, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestSelect(t *testing.T) {
+	p, err := Parse([]byte("a:\n  script: [x]\nb:\n  script: [x]\nc:\n  script: [x]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := p.Select([]string{"c", "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Name != "a" || got[1].Name != "c" {
+		t.Errorf("Select = %v, want a, c in file order", got)
+	}
+	if _, err := p.Select([]string{"zz"}); err == nil || !strings.Contains(err.Error(), "jobs: a, b, c") {
+		t.Errorf("Select(zz) error = %v, want one listing the jobs", err)
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{
+		"30m": 30 * time.Minute, "1h 30m": 90 * time.Minute, "10 minutes": 10 * time.Minute,
+		"2 hours and 5 min": 2*time.Hour + 5*time.Minute, "1h30m": 90 * time.Minute,
+		"3600": time.Hour, "1 day": 24 * time.Hour, "1.5h": 90 * time.Minute, "45 Seconds": 45 * time.Second,
+	} {
+		got, err := ParseDuration(in)
+		if err != nil || got != want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "abc", "5 parsecs", "0", "1h -5m"} {
+		if d, err := ParseDuration(bad); err == nil {
+			t.Errorf("ParseDuration(%q) = %v, want an error", bad, d)
+		}
+	}
+}
