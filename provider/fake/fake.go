@@ -186,7 +186,8 @@ type cloud struct {
 	seq   int
 	order []*instance // creation order; may hold gone instances until compacted by Update
 	byID  map[string]*instance
-	live  int // instances not gone
+	live  int     // instances not gone
+	buf   []entry // Update's listing buffer, kept between calls
 
 	faults    map[string][]fault
 	rates     map[string]float64
@@ -327,8 +328,8 @@ func (g *Group) Update(ctx context.Context, fn func(id string, state provider.St
 		return err
 	}
 	now := c.cfg.Now()
-	bp := entryPool.Get().(*[]entry)
-	entries := (*bp)[:0]
+	entries := c.buf[:0] // reuse the listing buffer; a concurrent Update allocates its own
+	c.buf = nil
 	keep := c.order[:0]
 	for _, in := range c.order {
 		if in.gone {
@@ -352,8 +353,11 @@ func (g *Group) Update(ctx context.Context, fn func(id string, state provider.St
 		fn(e.id, e.state)
 	}
 	clear(entries)
-	*bp = entries[:0]
-	entryPool.Put(bp)
+	c.mu.Lock()
+	if cap(entries) > cap(c.buf) {
+		c.buf = entries[:0]
+	}
+	c.mu.Unlock()
 	runHooks(hooks, call)
 	return nil
 }
@@ -362,8 +366,6 @@ type entry struct {
 	id    string
 	state provider.State
 }
-
-var entryPool = sync.Pool{New: func() any { s := make([]entry, 0, 64); return &s }}
 
 // Increase creates up to n instances, listed as creating, and returns how
 // many it created. When Config.MaxSize or LimitNextIncrease allows fewer than

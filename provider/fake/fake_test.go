@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -892,13 +893,19 @@ func BenchmarkIncreaseUpdateDecrease(b *testing.B) {
 		b.Fatal(err)
 	}
 	fn := func(string, provider.State) {}
+	seq := 1000
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := g.Increase(ctx, 1); err != nil {
 			b.Fatal(err)
 		}
+		seq++
 		g.Update(ctx, fn)
-		ids := g.IDs()
-		g.Decrease(ctx, ids[:1])
+		if _, err := g.Decrease(ctx, []string{"fake-" + strconv.Itoa(seq)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if n := g.Len(); n > 1002 {
+		b.Fatalf("fleet grew to %d instances", n)
 	}
 }
