@@ -333,10 +333,13 @@ func (e *ExitError) Error() string {
 // wrapping ErrNoExitStatus when the session ended without a status.
 //
 // When ctx ends first, Run sends SIGTERM to the command, then SIGKILL after
-// opts.GracePeriod, waits at most 5 s more for it to end, closes the session
-// and returns an error wrapping context.Cause(ctx). (OpenSSH delivers
-// "signal" requests since version 7.9; older servers only see the session
-// close.)
+// opts.GracePeriod, waits at most GracePeriod (capped at 5 s) more for it to
+// end, closes the session and returns an error wrapping context.Cause(ctx).
+// OpenSSH delivers "signal" requests since version 7.9, but not to sessions
+// of root (sshd keeps no privilege separation after a root login); there the
+// command only sees its session close, and processes that neither read
+// stdin nor write output keep running. The local provider's server and
+// connectortest deliver signals to the command's whole process group.
 //
 // If the instance refuses another session on every open connection (e.g.
 // OpenSSH's MaxSessions is reached) or the connection was lost, Run dials
@@ -389,7 +392,7 @@ func (c *Client) Run(ctx context.Context, opts RunOptions) error {
 	case <-t.C:
 	}
 	_ = sess.Signal(ssh.SIGKILL)
-	t.Reset(killWait)
+	t.Reset(min(grace, killWait))
 	select {
 	case <-done:
 	case <-t.C:

@@ -48,8 +48,8 @@ const (
 	DefaultGracePeriod = 10 * time.Second
 	// attemptTimeout bounds one TCP connect plus SSH handshake.
 	attemptTimeout = 30 * time.Second
-	// killWait is how long Run waits for the command to end after SIGKILL
-	// before closing the session regardless.
+	// killWait caps how long Run waits for the command to end after
+	// SIGKILL before closing the session regardless.
 	killWait = 5 * time.Second
 )
 
