@@ -672,8 +672,10 @@ func (g *Group) Vanish(id string) bool {
 	return ok
 }
 
-// StickCreating pins instance id in creating: it never becomes running until
-// SetState or Unstick. It reports whether the instance exists.
+// StickCreating pins instance id in creating, as a boot that hangs: while
+// it is creating it never becomes running (or timeout) until SetState or
+// Unstick. An instance already running is not affected. It reports whether
+// the instance exists.
 func (g *Group) StickCreating(id string) bool {
 	return g.with(id, func(in *instance) { in.stickCreating = true })
 }
@@ -831,8 +833,9 @@ func (g *Group) CallCount(op string) int {
 // OnCall registers fn to be called synchronously, after each provider
 // method call completes and before it returns, with the recorded Call. fn is
 // called without the group's lock held (it may inspect the group) and
-// concurrently when calls are concurrent. Use it for invariant checks, e.g.
-// that no instance with an acquired slot is ever passed to Decrease.
+// concurrently when calls are concurrent. A hook that itself calls a provider
+// method triggers the hooks again. Use it for invariant checks, e.g. that no
+// instance with an acquired slot is ever passed to Decrease.
 func (g *Group) OnCall(fn func(Call)) {
 	c := g.c
 	c.mu.Lock()
