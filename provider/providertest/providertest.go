@@ -23,6 +23,25 @@
 // Every Update listing made by the suite is also checked: valid states only,
 // no duplicate ids, at most MaxSize instances.
 //
+// # Use
+//
+// In a provider's tests:
+//
+//	func TestConformance(t *testing.T) {
+//		providertest.Run(t, func(t *testing.T) provider.InstanceGroup {
+//			return local.New(local.Config{Dir: t.TempDir()})
+//		},
+//			providertest.WithBootTimeout(30*time.Second),
+//			providertest.WithReopen(func(t *testing.T, g provider.InstanceGroup) provider.InstanceGroup {
+//				return local.New(g.(*local.Group).Config()) // same directory, new handle
+//			}),
+//		)
+//	}
+//
+// (local.New and Config are only illustrations; each provider has its own
+// constructor.) Single subtests run with -run, e.g.
+// `go test -run 'TestConformance/DecreaseExact' ./provider/local`.
+//
 // # Waiting
 //
 // Instances of real providers take time to boot and to go away, so the suite
