@@ -91,10 +91,10 @@ func (d *decoder) warn(path []string, format string, args ...any) {
 
 func (d *decoder) run(data []byte) (*Config, []Warning, error) {
 	var tree map[string]any
+	d.ix = newIndex(data)
 	if err := toml.Unmarshal(data, &tree); err != nil {
 		return nil, nil, d.syntaxError(err)
 	}
-	d.ix = newIndex(data)
 
 	cfg := &Config{Path: d.file}
 	d.table(nil, tree, reflect.ValueOf(cfg).Elem())
@@ -131,8 +131,11 @@ func (d *decoder) syntaxError(err error) error {
 	if errors.As(err, &de) {
 		line, col := de.Position()
 		msg := strings.TrimPrefix(de.Error(), "toml: ")
-		return ErrorList{{File: d.file, Line: line, Col: col, Key: strings.Join(de.Key(), "."),
-			Message: "TOML syntax error: " + msg}}
+		key := strings.Join(de.Key(), ".")
+		if k := d.ix.keyAt(pos{line, col}); k != "" {
+			key = k
+		}
+		return ErrorList{{File: d.file, Line: line, Col: col, Key: key, Message: "TOML syntax error: " + msg}}
 	}
 	return ErrorList{{File: d.file, Line: 1, Col: 1, Message: "TOML syntax error: " + strings.TrimPrefix(err.Error(), "toml: ")}}
 }

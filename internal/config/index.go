@@ -11,7 +11,6 @@ import (
 // pos is a 1-based line and column in the config file.
 type pos struct{ line, col int }
 
-func (p pos) known() bool { return p.line > 0 }
 
 // sep separates the parts of a canonical path. Keys may contain dots when
 // quoted, so a character that cannot appear in a TOML key unescaped is used.
@@ -178,4 +177,18 @@ func (ix *index) val(path []string) pos {
 		return p
 	}
 	return ix.key(path)
+}
+
+// keyAt returns the display form of the longest key recorded at p, or "".
+func (ix *index) keyAt(p pos) string {
+	best := ""
+	for k, kp := range ix.keys {
+		if kp == p && len(k) > len(best) {
+			best = k
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return display(strings.Split(best, sep))
 }
