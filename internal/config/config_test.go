@@ -78,8 +78,8 @@ func TestGitLabDocExamples(t *testing.T) {
 		externalAddr, vmIsolation                             bool
 	}
 	cases := map[string]want{
-		"gitlab-aws-ephemeral.toml":     {10, 1, 1, 10, 5, 20 * time.Minute, 0, "ec2-user", "my-linux-asg", true, false},
-		"gitlab-aws-shared.toml":        {50, 5, 0, 10, 5, 20 * time.Minute, 5 * time.Minute, "Administrator", "my-windows-asg", true, false},
+		"gitlab-aws-ephemeral.toml":      {10, 1, 1, 10, 5, 20 * time.Minute, 0, "ec2-user", "my-linux-asg", true, false},
+		"gitlab-aws-shared.toml":         {50, 5, 0, 10, 5, 20 * time.Minute, 5 * time.Minute, "Administrator", "my-windows-asg", true, false},
 		"gitlab-macos-vm-isolation.toml": {8, 2, 0, 4, 2, 24 * time.Hour, time.Hour, "ec2-user", "mac2metal", false, true},
 	}
 	for name, w := range cases {
@@ -156,7 +156,10 @@ func TestExampleConfigs(t *testing.T) {
 			}
 		})
 	}
-	cfg, _ := mustLoad(t, func() string { p, _ := copyToTemp(t, filepath.Join("..", "..", "examples", "configs", "local.toml")); return p }())
+	cfg, _ := mustLoad(t, func() string {
+		p, _ := copyToTemp(t, filepath.Join("..", "..", "examples", "configs", "local.toml"))
+		return p
+	}())
 	a := cfg.Runners[0].Autoscaler
 	if a.Provider != "local" || a.CapacityPerInstance != 2 || a.MaxInstances != 4 {
 		t.Errorf("local.toml: provider %q capacity %d max %d", a.Provider, a.CapacityPerInstance, a.MaxInstances)

@@ -11,7 +11,6 @@ import (
 // pos is a 1-based line and column in the config file.
 type pos struct{ line, col int }
 
-
 // sep separates the parts of a canonical path. Keys may contain dots when
 // quoted, so a character that cannot appear in a TOML key unescaped is used.
 const sep = "\x00"
