@@ -57,9 +57,17 @@ var rules = []rule{
 			if imp == "provider" || under(imp, own) {
 				return true
 			}
-			return own == "provider/providertest" && under(imp, "provider/fake")
+			switch {
+			case own == "provider/providertest" && under(imp, "provider/fake"):
+				return true // the conformance suite tests itself against the fake
+			case own == "provider/local" && under(imp, "connector/sshserver"):
+				return true // a local instance serves SSH with the same server library the connector tests use
+			case under(rel, "provider/aws/awstest") && under(imp, "provider/local"):
+				return true // the AWS test endpoint backs simulated instances with local sandboxes
+			}
+			return false
 		},
-		text: "a provider implementation may import only provider (and its own subpackages) of this module; providertest may also import provider/fake",
+		text: "a provider implementation may import only provider (and its own subpackages) of this module; exceptions: providertest may import provider/fake, provider/local may import connector/sshserver, provider/aws/awstest may import provider/local",
 	},
 	{
 		applies: func(rel string) bool { return !under(rel, "internal") && !under(rel, "cmd") },
