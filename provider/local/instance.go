@@ -1,0 +1,256 @@
+package local
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/fleetwright/taskscaler/connector/sshserver"
+)
+
+// Environment variables and files of an instance.
+const (
+	// EnvInstance, when set in a process's environment, names the instance
+	// directory that process must serve: RunInstanceIfRequested then turns
+	// the process into that instance's SSH server.
+	EnvInstance = "TASKSCALER_LOCAL_INSTANCE"
+	// envReadyFD names the file descriptor on which the instance reports
+	// that it started (then closes it).
+	envReadyFD = "TASKSCALER_LOCAL_READY_FD"
+	// EnvSandbox is set, in every command an instance runs, to the
+	// instance's sandbox directory. Deleting the instance also kills
+	// processes that carry it, even if they left the instance's session.
+	EnvSandbox = "TASKSCALER_LOCAL_SANDBOX"
+
+	specFile     = "instance.json"
+	stateFile    = "state.json"
+	hostKeyFile  = "host_key"
+	logFile      = "instance.log"
+	deletingFile = "deleting"
+	sandboxDir   = "sandbox"
+)
+
+// instanceSpec is written by the manager before it starts the instance.
+type instanceSpec struct {
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"created_at"`
+	BootDelay Duration  `json:"boot_delay"`
+	// HostKey is the public host key in authorized_keys format; the private
+	// half is in host_key.
+	HostKey string `json:"host_key"`
+	// AuthorizedKeys lists the client keys the instance accepts, in
+	// authorized_keys format.
+	AuthorizedKeys string `json:"authorized_keys"`
+	// Password, when set, is accepted for password authentication.
+	Password string `json:"password,omitempty"`
+	// Port is the SSH port on 127.0.0.1 chosen by the manager, so that
+	// ConnectInfo can be given while the instance boots (connections are
+	// refused until then, as with a booting VM). If it is taken by the time
+	// the instance listens, the instance picks another and records it in
+	// its state.
+	Port int `json:"port"`
+}
+
+// instanceState is written by the instance process.
+type instanceState struct {
+	PID int `json:"pid"`
+	// Port is the SSH port on 127.0.0.1; 0 while the instance boots.
+	Port      int       `json:"port"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// writeFileAtomic writes data to path with mode 0600 through a temporary
+// file and a rename, so readers never see a partial file.
+func writeFileAtomic(path string, data []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, append(b, '\n'))
+}
+
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+// RunInstanceIfRequested turns the current process into a local-provider
+// instance when the process was started as one (EnvInstance is set), and
+// otherwise returns at once. It does not return in an instance process: it
+// exits when the instance is deleted.
+//
+// The local provider starts each instance by re-executing the current
+// program (os.Executable, or Config.Executable), so that the instance is a
+// process of its own, in its own session and process group, that outlives a
+// crash of the manager as a VM would. Every program that uses the local
+// provider must therefore call RunInstanceIfRequested first thing in main,
+// before parsing flags; test packages call it first thing in TestMain:
+//
+//	func TestMain(m *testing.M) {
+//		local.RunInstanceIfRequested()
+//		os.Exit(m.Run())
+//	}
+//
+// A program that forgets it makes Increase fail with an error saying so.
+func RunInstanceIfRequested() {
+	dir := os.Getenv(EnvInstance)
+	if dir == "" {
+		return
+	}
+	os.Exit(runInstance(dir))
+}
+
+func runInstance(dir string) int {
+	log := zap.New(nil)
+	if l, err := zap.NewProduction(); err == nil {
+		log = l
+	}
+	log = log.With(zap.String("instance_dir", dir))
+	if err := serveInstance(dir, log); err != nil {
+		log.Error("instance failed", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func serveInstance(dir string, log *zap.Logger) error {
+	var ready *os.File
+	if fd, err := strconv.Atoi(os.Getenv(envReadyFD)); err == nil && fd > 2 {
+		ready = os.NewFile(uintptr(fd), "ready")
+	}
+	// The environment of commands must not make them instances too.
+	os.Unsetenv(EnvInstance)
+	os.Unsetenv(envReadyFD)
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+
+	var spec instanceSpec
+	if err := readJSON(filepath.Join(dir, specFile), &spec); err != nil {
+		return fmt.Errorf("read instance spec: %w", err)
+	}
+	log = log.With(zap.String("instance_id", spec.ID))
+	keyPEM, err := os.ReadFile(filepath.Join(dir, hostKeyFile))
+	if err != nil {
+		return fmt.Errorf("read host key: %w", err)
+	}
+	hostKey, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return fmt.Errorf("parse host key: %w", err)
+	}
+	authorized, err := sshserver.ParseAuthorizedKeys([]byte(spec.AuthorizedKeys))
+	if err != nil {
+		return err
+	}
+	st := instanceState{PID: os.Getpid(), StartedAt: time.Now()}
+	if err := writeJSON(filepath.Join(dir, stateFile), st); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	if ready != nil {
+		_, _ = ready.WriteString("ok\n")
+		ready.Close()
+	}
+
+	// Boot: the port stays closed until the boot delay has passed.
+	if wait := time.Until(spec.CreatedAt.Add(time.Duration(spec.BootDelay))); wait > 0 {
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-stop:
+			return nil
+		}
+	}
+
+	sandbox := filepath.Join(dir, sandboxDir)
+	env := commandEnv(os.Environ(), sandbox)
+	srv, err := sshserver.New(sshserver.Config{
+		HostKey:        hostKey,
+		AuthorizedKeys: authorized,
+		Password:       spec.Password,
+		Exec:           sshserver.ShellExec{Shell: "bash", Dir: sandbox, Env: env}.Run,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port)))
+	if err != nil && spec.Port != 0 {
+		log.Warn("assigned SSH port taken; listening on another", zap.Int("port", spec.Port), zap.Error(err))
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	st.Port = ln.Addr().(*net.TCPAddr).Port
+	if err := writeJSON(filepath.Join(dir, stateFile), st); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	log.Info("instance running", zap.Int("port", st.Port))
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-stop:
+		srv.Close()
+		return nil
+	case err := <-errc:
+		if errors.Is(err, sshserver.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+// commandEnv is the environment of commands run in an instance: the
+// instance process's own, with HOME and PWD set to the sandbox and
+// EnvSandbox marking the processes as the instance's.
+func commandEnv(base []string, sandbox string) []string {
+	out := make([]string, 0, len(base)+3)
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "HOME", "PWD", "OLDPWD", EnvSandbox, EnvInstance, envReadyFD:
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, "HOME="+sandbox, "PWD="+sandbox, EnvSandbox+"="+sandbox)
+}

@@ -1,0 +1,23 @@
+//go:build !linux
+
+package local
+
+import "syscall"
+
+// instanceAlive reports whether pid is alive. Without /proc it cannot tell
+// whether pid is still the instance started in dir.
+func instanceAlive(pid int, _ string) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || err == syscall.EPERM
+}
+
+// killInstance kills the instance server's process group. Without /proc,
+// commands that run in process groups of their own survive it.
+func killInstance(pid int, dir, _ string) {
+	if instanceAlive(pid, dir) {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
