@@ -414,10 +414,9 @@ func (d *decoder) connector(base []string, c *ConnectorConfig) {
 }
 
 func (d *decoder) policy(base []string, p *Policy, a *Autoscaler) {
-	if len(p.Periods) == 0 && !d.has(kp(base, "periods")) {
+	if len(p.Periods) == 0 {
+		// Absent or empty: always active, as in GitLab Runner.
 		p.Periods = []string{"* * * * *"}
-	} else if len(p.Periods) == 0 {
-		d.valErr(kp(base, "periods"), "is empty, so the policy never applies; remove periods (= always) or list cron expressions such as \"* 8-18 * * MON-FRI\"")
 	}
 	for j, s := range p.Periods {
 		t := strings.TrimSpace(s)
