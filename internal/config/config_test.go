@@ -733,3 +733,14 @@ func TestErrorsNeverContainSecrets(t *testing.T) {
 		t.Errorf("want 3 errors (url, executor, protocol), got %d: %v", n, err)
 	}
 }
+
+func TestDigitKeysAndQuotedKeys(t *testing.T) {
+	_, _, err := Parse("c.toml", []byte("concurrent = 1\n\"0\" = 1\n[runners_]\n\"a.b\" = 2\n"))
+	want := "c.toml:2:1: key `0`: unknown key"
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("got %v, want prefix %q", err, want)
+	}
+	if !strings.Contains(err.Error(), "c.toml:3:2: key `runners_`: unknown key; did you mean `runners`?") {
+		t.Errorf("got %v", err)
+	}
+}

@@ -45,17 +45,14 @@ func display(path []string) string {
 	return strings.Join(parts, ".")
 }
 
-func isIndex(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
+// idxMark starts the array-index parts of canonical paths, so that an index
+// is never confused with a key made of digits.
+const idxMark = "\x01"
+
+// idx returns the canonical path part for array index i.
+func idx(i int) string { return idxMark + strconv.Itoa(i) }
+
+func isIndex(s string) bool { return strings.HasPrefix(s, idxMark) }
 
 // quoteKey quotes a key part that is not a bare TOML key.
 func quoteKey(k string) string {
@@ -215,7 +212,7 @@ func (d *decoder) unknownKey(path []string, k string, fields map[string]fieldInf
 	if len(path) > 1 {
 		where = "in [" + display(path[:len(path)-1]) + "]"
 	}
-	if best != "" && (bestD <= 2 || bestD*3 <= len(k)) {
+	if best != "" && bestD < len(k) && (bestD <= 2 || bestD*3 <= len(k)) {
 		d.keyErr(path, "unknown key; did you mean `%s`?", best)
 		return
 	}
@@ -411,7 +408,7 @@ func (d *decoder) value(path []string, v any, fv reflect.Value, opts map[string]
 		}
 		out := reflect.MakeSlice(t, len(arr), len(arr))
 		for i, x := range arr {
-			ep := append(append([]string(nil), path...), strconv.Itoa(i))
+			ep := append(append([]string(nil), path...), idx(i))
 			d.value(ep, x, out.Index(i), opts)
 		}
 		fv.Set(out)

@@ -2,7 +2,6 @@ package config
 
 import (
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/pelletier/go-toml/v2/unstable"
@@ -97,12 +96,12 @@ func (ix *index) resolveHeader(e *unstable.Node, array bool) []string {
 		if last && array {
 			n := ix.arrays[k]
 			ix.arrays[k] = n + 1
-			path = append(path, strconv.Itoa(n))
+			path = append(path, idx(n))
 			ix.keys[canon(path)] = poss[i]
 			continue
 		}
 		if n, ok := ix.arrays[k]; ok && n > 0 {
-			path = append(path, strconv.Itoa(n-1))
+			path = append(path, idx(n-1))
 		}
 	}
 	if !array && len(poss) > 0 {
@@ -147,7 +146,7 @@ func (ix *index) value(path []string, v *unstable.Node, fallback pos) {
 			if c.Kind == unstable.Comment {
 				continue
 			}
-			el := append(append([]string(nil), path...), strconv.Itoa(i))
+			el := append(append([]string(nil), path...), idx(i))
 			ep := p
 			if c.Raw.Length > 0 {
 				ep = ix.at(c.Raw.Offset)

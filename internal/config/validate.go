@@ -26,7 +26,7 @@ func kp(parts ...any) []string {
 		case string:
 			out = append(out, x)
 		case int:
-			out = append(out, strconv.Itoa(x))
+			out = append(out, idx(x))
 		case []string:
 			out = append(out, x...)
 		}
