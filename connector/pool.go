@@ -86,6 +86,26 @@ func (p *Pool) Forget(instanceID string) {
 	p.opts.hostKeys().Forget(instanceID)
 }
 
+// Reconnect closes every connection to instanceID but keeps its Client and
+// its pinned host key: the next Run or Get dials again. Use it when a
+// heartbeat fails but the instance still exists; use Forget once it is
+// deleted.
+func (p *Pool) Reconnect(instanceID string) {
+	p.mu.Lock()
+	c := p.clients[instanceID]
+	p.mu.Unlock()
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	conns := c.conns
+	c.conns = nil
+	c.mu.Unlock()
+	for _, cn := range conns {
+		cn.close()
+	}
+}
+
 // Len returns how many instances the pool holds a Client for.
 func (p *Pool) Len() int {
 	p.mu.Lock()

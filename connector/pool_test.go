@@ -150,3 +150,30 @@ func TestPoolConcurrentGetDialsOnce(t *testing.T) {
 		t.Errorf("accepted %d connections, want 1 dropped + 1", n)
 	}
 }
+
+func TestPoolReconnectKeepsPin(t *testing.T) {
+	srv := connectortest.NewServer(t, connectortest.Options{})
+	store := connector.NewHostKeyStore()
+	p := connector.NewPool(connector.DialOptions{HostKeys: store})
+	defer p.Close()
+	info := srv.ConnectInfo()
+	info.HostKeys = nil
+	c, err := p.Get(testCtx(t), info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Reconnect(info.ID)
+	if c.Connections() != 0 {
+		t.Fatalf("Connections after Reconnect = %d", c.Connections())
+	}
+	if store.Pinned(info.ID) == nil {
+		t.Fatal("Reconnect dropped the pinned host key")
+	}
+	if err := c.Run(testCtx(t), connector.RunOptions{Command: "true"}); err != nil {
+		t.Fatalf("Run after Reconnect: %v", err)
+	}
+	if n := srv.Accepted(); n != 2 {
+		t.Errorf("accepted %d connections, want 2", n)
+	}
+	p.Reconnect("unknown") // no-op
+}

@@ -283,10 +283,11 @@ func (s *Server) handleConn(c net.Conn) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				s.handleSession(ctx, sconn.User(), ch, creqs)
-				sessMu.Lock()
-				sessions--
-				sessMu.Unlock()
+				s.handleSession(ctx, sconn.User(), ch, creqs, func() {
+					sessMu.Lock()
+					sessions--
+					sessMu.Unlock()
+				})
 			}()
 		case "direct-tcpip":
 			var p struct {
@@ -363,8 +364,12 @@ func (s *Server) forward(ctx context.Context, nc ssh.NewChannel, network, addr s
 	}
 }
 
-func (s *Server) handleSession(connCtx context.Context, user string, ch ssh.Channel, reqs <-chan *ssh.Request) {
+// handleSession serves one session channel. release is called before the
+// channel is closed, so that a client that saw the close can open a new
+// session within MaxSessions.
+func (s *Server) handleSession(connCtx context.Context, user string, ch ssh.Channel, reqs <-chan *ssh.Request, release func()) {
 	defer ch.Close()
+	defer release()
 	ctx, cancel := context.WithCancel(connCtx)
 	defer cancel()
 	var env []string
