@@ -144,6 +144,8 @@ type Runner struct {
 	Autoscaler *Autoscaler `toml:"autoscaler"`
 	// Instance is [runners.instance].
 	Instance InstanceSettings `toml:"instance"`
+
+	index int // position in the file's [[runners]] array, for messages
 }
 
 // InstanceSettings is [runners.instance].

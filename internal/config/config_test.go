@@ -744,3 +744,36 @@ func TestDigitKeysAndQuotedKeys(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+func TestSharedAutoScalingGroupIsAnError(t *testing.T) {
+	src := `concurrent = 4
+[[runners]]
+  name = "a"
+  url = "https://gitlab.example.com"
+  token = "glrt-a"
+  executor = "instance"
+  [runners.autoscaler]
+    plugin = "aws"
+    plugin_config = { name = "asg", region = "eu-west-1" }
+[[runners]]
+  name = "b"
+  url = "https://gitlab.example.com"
+  token = "glrt-b"
+  executor = "instance"
+  [runners.autoscaler]
+    plugin = "fleeting-plugin-aws"
+    [runners.autoscaler.plugin_config]
+      name = "asg"
+      region = "eu-west-1"
+`
+	_, _, err := Parse("c.toml", []byte(src))
+	want := "c.toml:18:14: key `runners.autoscaler.plugin_config.name`: runners \"a\" and \"b\" (line 9) both use Auto Scaling group \"asg\""
+	if err == nil || !strings.HasPrefix(err.Error(), want) {
+		t.Fatalf("got %v\nwant prefix %s", err, want)
+	}
+	// Different regions are different groups.
+	_, _, err = Parse("c.toml", []byte(strings.Replace(src, `      region = "eu-west-1"`, `      region = "us-east-1"`, 1)))
+	if err != nil {
+		t.Errorf("different regions: %v", err)
+	}
+}

@@ -106,6 +106,7 @@ func (d *decoder) validate(cfg *Config, tree map[string]any) {
 	totalSlots, unlimited := 0, false
 	for i := range cfg.Runners {
 		r := &cfg.Runners[i]
+		r.index = i
 		if d.runner(i, r) {
 			kept = append(kept, *r)
 			if a := r.Autoscaler; a != nil {
@@ -118,6 +119,7 @@ func (d *decoder) validate(cfg *Config, tree map[string]any) {
 		}
 	}
 	cfg.Runners = kept
+	d.sharedGroups(cfg)
 	if d.has(kp("runners")) && len(kept) == 0 && len(d.errs) == 0 {
 		d.warn(kp("runners"), "no runner has a token; instance-runner will take no jobs")
 	} else if !d.has(kp("runners")) {
@@ -446,5 +448,33 @@ func (d *decoder) policy(base []string, p *Policy, a *Autoscaler) {
 	}
 	if a.MaxInstances > 0 && p.IdleCount > a.MaxInstances*a.CapacityPerInstance {
 		d.warn(kp(base, "idle_count"), "idle_count = %d slots is more than max_instances × capacity_per_instance = %d × %d = %d slots; at most %d can ever be idle", p.IdleCount, a.MaxInstances, a.CapacityPerInstance, a.MaxInstances*a.CapacityPerInstance, a.MaxInstances*a.CapacityPerInstance)
+	}
+}
+
+// sharedGroups reports two runners driving the same AWS Auto Scaling group:
+// each would delete the other's instances.
+func (d *decoder) sharedGroups(cfg *Config) {
+	seen := map[string]int{}
+	for i := range cfg.Runners {
+		a := cfg.Runners[i].Autoscaler
+		if a == nil || a.Provider != "aws" {
+			continue
+		}
+		name, _ := a.PluginConfig["name"].(string)
+		if name == "" {
+			continue
+		}
+		region, _ := a.PluginConfig["region"].(string)
+		profile, _ := a.PluginConfig["profile"].(string)
+		k := name + "\x00" + region + "\x00" + profile
+		j, dup := seen[k]
+		if !dup {
+			seen[k] = i
+			continue
+		}
+		first := d.ix.val(kp("runners", cfg.Runners[j].index, "autoscaler", "plugin_config", "name"))
+		d.valErr(kp("runners", cfg.Runners[i].index, "autoscaler", "plugin_config", "name"),
+			"runners %q and %q (line %d) both use Auto Scaling group %q; each [[runners]] entry needs its own group, or they delete each other's instances",
+			cfg.Runners[j].Name, cfg.Runners[i].Name, first.line, name)
 	}
 }
