@@ -239,18 +239,28 @@ func serveInstance(dir string, log *zap.Logger) error {
 	}
 }
 
-// commandEnv is the environment of commands run in an instance: the
-// instance process's own, with HOME and PWD set to the sandbox and
-// EnvSandbox marking the processes as the instance's.
+// commandEnv is the environment of commands run in an instance: like an SSH
+// login's, a clean one — PATH, locale, time zone, TMPDIR and the user's
+// names taken from the instance process, HOME and PWD set to the sandbox,
+// and EnvSandbox marking the processes as the instance's. Nothing else of
+// the manager's environment (tokens, cloud credentials) reaches jobs.
 func commandEnv(base []string, sandbox string) []string {
-	out := make([]string, 0, len(base)+3)
+	out := []string{}
+	hasPath := false
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
-		switch k {
-		case "HOME", "PWD", "OLDPWD", EnvSandbox, EnvInstance, envReadyFD:
+		switch {
+		case k == "PATH":
+			hasPath = true
+		case k == "LANG", k == "LANGUAGE", strings.HasPrefix(k, "LC_"), k == "TZ",
+			k == "TMPDIR", k == "USER", k == "LOGNAME":
+		default:
 			continue
 		}
 		out = append(out, kv)
 	}
-	return append(out, "HOME="+sandbox, "PWD="+sandbox, EnvSandbox+"="+sandbox)
+	if !hasPath {
+		out = append(out, "PATH=/usr/local/bin:/usr/bin:/bin")
+	}
+	return append(out, "HOME="+sandbox, "PWD="+sandbox, "SHELL=/bin/bash", EnvSandbox+"="+sandbox)
 }

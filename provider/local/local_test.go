@@ -207,6 +207,8 @@ func TestConformanceBootDelay(t *testing.T) {
 }
 
 func TestRunCommandsInSandbox(t *testing.T) {
+	// The manager's environment must not reach jobs.
+	t.Setenv("TASKSCALER_TEST_SECRET", "hunter2")
 	g := newGroup(t, Config{}, provider.Settings{})
 	id := increase(t, g, 1)[0]
 	waitState(t, g, id, provider.StateRunning)
@@ -237,9 +239,11 @@ func TestRunCommandsInSandbox(t *testing.T) {
 	if err := c.Run(testCtx(t), connector.RunOptions{Command: "bash -s", Stdin: strings.NewReader("echo from script\nexit 0\n"), Stdout: &out}); err != nil || out.String() != "from script\n" {
 		t.Errorf("script on stdin: %q, %v", out.String(), err)
 	}
-	// The instance's marker is set; the re-exec trigger is not.
+	// The instance's marker is set; the re-exec trigger and the manager's
+	// variables are not; PATH is.
 	out.Reset()
-	if err := c.Run(testCtx(t), connector.RunOptions{Command: `echo "$` + EnvSandbox + `|${` + EnvInstance + `:-unset}"`, Stdout: &out}); err != nil || out.String() != sandbox+"|unset\n" {
+	cmd := `echo "$` + EnvSandbox + `|${` + EnvInstance + `:-unset}|${TASKSCALER_TEST_SECRET:-unset}"; command -v bash >/dev/null && echo path-ok`
+	if err := c.Run(testCtx(t), connector.RunOptions{Command: cmd, Stdout: &out}); err != nil || out.String() != sandbox+"|unset|unset\npath-ok\n" {
 		t.Errorf("environment: %q, %v", out.String(), err)
 	}
 }
