@@ -589,7 +589,7 @@ func TestRunnerWithoutTokenIsSkipped(t *testing.T) {
 	if len(cfg.Runners) != 1 || cfg.Runners[0].Name != "r" {
 		t.Fatalf("runners = %+v", cfg.Runners)
 	}
-	w := findWarning(warns, "runners")
+	w := findWarning(warns, "runners.token")
 	if w == nil || w.Line != 12 || !strings.Contains(w.Message, `"no-token" has no token; it is skipped`) {
 		t.Errorf("warnings = %v", warns)
 	}

@@ -24,6 +24,11 @@ type decoder struct {
 	ix     *index
 	errs   ErrorList
 	warns  []Warning
+
+	// bad holds the canonical paths that failed to decode; validating is
+	// set while cross-checks run, after decoding.
+	bad        map[string]bool
+	validating bool
 }
 
 var (
@@ -67,7 +72,28 @@ func quoteKey(k string) string {
 	return k
 }
 
+// suppressed reports whether path is at or below a key that already had a
+// decoding error, so validation does not pile a second, misleading error
+// (say "must be at least 1, got 0") on a value that could not be decoded.
+func (d *decoder) suppressed(path []string) bool {
+	for n := len(path); n > 0; n-- {
+		if d.bad[canon(path[:n])] {
+			return true
+		}
+	}
+	return false
+}
+
 func (d *decoder) errAt(p pos, path []string, format string, args ...any) {
+	if d.validating && d.suppressed(path) {
+		return
+	}
+	if !d.validating {
+		if d.bad == nil {
+			d.bad = map[string]bool{}
+		}
+		d.bad[canon(path)] = true
+	}
 	d.errs = append(d.errs, &Error{File: d.file, Line: p.line, Col: p.col, Key: display(path), Message: fmt.Sprintf(format, args...)})
 }
 
@@ -82,6 +108,9 @@ func (d *decoder) valErr(path []string, format string, args ...any) {
 }
 
 func (d *decoder) warn(path []string, format string, args ...any) {
+	if d.validating && d.suppressed(path) {
+		return
+	}
 	p := d.ix.key(path)
 	d.warns = append(d.warns, Warning{File: d.file, Line: p.line, Col: p.col, Key: display(path), Message: fmt.Sprintf(format, args...)})
 }
@@ -95,9 +124,8 @@ func (d *decoder) run(data []byte) (*Config, []Warning, error) {
 
 	cfg := &Config{Path: d.file}
 	d.table(nil, tree, reflect.ValueOf(cfg).Elem())
-	if len(d.errs) == 0 {
-		d.validate(cfg, tree)
-	}
+	d.validating = true
+	d.validate(cfg)
 	sortErrors(d.errs)
 	sort.SliceStable(d.warns, func(i, j int) bool {
 		a, b := d.warns[i], d.warns[j]
@@ -214,6 +242,8 @@ func (d *decoder) unknownKey(path []string, k string, fields map[string]fieldInf
 	}
 	if best != "" && bestD < len(k) && (bestD <= 2 || bestD*3 <= len(k)) {
 		d.keyErr(path, "unknown key; did you mean `%s`?", best)
+		// A misspelt required key must not also be reported as missing.
+		d.bad[canon(append(append([]string(nil), path[:len(path)-1]...), best))] = true
 		return
 	}
 	var impl []string

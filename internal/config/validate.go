@@ -71,11 +71,10 @@ func quoted(set []string) string {
 
 // validate applies defaults and checks values and contradictions. Runners
 // without a token are removed from cfg.Runners.
-func (d *decoder) validate(cfg *Config, tree map[string]any) {
+func (d *decoder) validate(cfg *Config) {
 	switch {
 	case !d.has(kp("concurrent")):
-		d.errs = append(d.errs, &Error{File: d.file, Line: 1, Col: 1, Key: "concurrent",
-			Message: "missing; add `concurrent = N` at the top of the file, N = the most jobs to run at once (max_instances × capacity_per_instance)"})
+		d.errAt(pos{1, 1}, kp("concurrent"), "missing; add `concurrent = N` at the top of the file, N = the most jobs to run at once (max_instances × capacity_per_instance)")
 	case cfg.Concurrent < 1:
 		d.valErr(kp("concurrent"), "must be at least 1, got %d; set it to the most jobs to run at once (max_instances × capacity_per_instance)", cfg.Concurrent)
 	}
@@ -135,20 +134,12 @@ func (d *decoder) validate(cfg *Config, tree map[string]any) {
 func (d *decoder) runner(i int, r *Runner) bool {
 	base := kp("runners", i)
 	if r.Token == "" {
-		p := kp(base, "token")
-		if !d.has(p) {
-			p = base
-		}
-		d.warn(p, "runner %q has no token; it is skipped (as GitLab Runner does). Set token = \"glrt-…\" or token = \"$RUNNER_TOKEN\"", r.Name)
+		d.warn(kp(base, "token"), "runner %q has no token; it is skipped (as GitLab Runner does). Set token = \"glrt-…\" or token = \"$RUNNER_TOKEN\"", r.Name)
 		return false
 	}
 	switch u, err := url.Parse(r.URL); {
 	case r.URL == "":
-		p := kp(base, "url")
-		if !d.has(p) {
-			p = base
-		}
-		d.keyErr(p, "runner %q has no url; set url = \"https://gitlab.example.com\"", r.Name)
+		d.keyErr(kp(base, "url"), "runner %q has no url; set url = \"https://gitlab.example.com\"", r.Name)
 	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 		d.valErr(kp(base, "url"), "must be an absolute http or https URL such as \"https://gitlab.example.com\"")
 	}
@@ -188,9 +179,9 @@ func (d *decoder) runner(i int, r *Runner) bool {
 		d.keyErr(kp(base, "tls-cert-file"), "tls-cert-file and tls-key-file must be set together for TLS client authentication")
 	}
 
-	if r.Autoscaler == nil {
-		d.keyErr(base, "runner %q has no [runners.autoscaler] table; the instance executor needs one with at least plugin = \"aws\" (or \"local\")", r.Name)
-	} else {
+	if r.Autoscaler == nil && !d.has(kp(base, "autoscaler")) {
+		d.keyErr(kp(base, "autoscaler"), "runner %q has no [runners.autoscaler] table; the instance executor needs one with at least plugin = \"aws\" (or \"local\")", r.Name)
+	} else if r.Autoscaler != nil {
 		d.autoscaler(kp(base, "autoscaler"), r)
 	}
 	return true
@@ -232,7 +223,7 @@ func (d *decoder) autoscaler(base []string, r *Runner) {
 	a.pluginPos = d.ix.val(kp(base, "plugin"))
 
 	if !d.has(kp(base, "plugin")) {
-		d.keyErr(base, "missing plugin; set plugin = \"aws\" (GitLab's \"fleeting-plugin-aws\" also works) or plugin = \"local\"")
+		d.keyErr(kp(base, "plugin"), "missing; set plugin = \"aws\" (GitLab's \"fleeting-plugin-aws\" also works) or plugin = \"local\"")
 	} else if prov, err := ResolvePlugin(a.Plugin); err != nil {
 		d.valErr(kp(base, "plugin"), "%s", err.Error())
 	} else {
