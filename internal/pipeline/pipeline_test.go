@@ -164,3 +164,26 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestParseAnchorsAndMergeKeys(t *testing.T) {
+	src := `
+.common: &common
+  stage: build
+  script: &steps
+    - echo a
+    - echo b
+job:
+  <<: *common
+  script:
+    - *steps
+    - echo c
+`
+	p, err := Parse([]byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := p.Jobs[0]
+	if j.Stage != "build" || !cmp.Equal(j.Script, []string{"echo a", "echo b", "echo c"}) {
+		t.Errorf("job = stage %q script %q, want build [echo a echo b echo c]", j.Stage, j.Script)
+	}
+}
