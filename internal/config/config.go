@@ -104,12 +104,6 @@ type Runner struct {
 	// it registers or rotates the token; zero means unknown / no expiry.
 	TokenObtainedAt time.Time `toml:"token_obtained_at"`
 	TokenExpiresAt  time.Time `toml:"token_expires_at"`
-	// TLSCAFile, TLSCertFile and TLSKeyFile are PEM files for talking to
-	// GitLab (`tls-ca-file`, `tls-cert-file`, `tls-key-file`), resolved
-	// relative to the config file's directory.
-	TLSCAFile   string `toml:"tls-ca-file" cfg:"path"`
-	TLSCertFile string `toml:"tls-cert-file" cfg:"path"`
-	TLSKeyFile  string `toml:"tls-key-file" cfg:"path"`
 	// Executor is always "instance": jobs run on the autoscaled instance
 	// itself over SSH.
 	Executor string `toml:"executor"`
@@ -126,20 +120,13 @@ type Runner struct {
 	BuildsDir string `toml:"builds_dir"`
 	// Environment holds extra job variables as KEY=VALUE (`environment`).
 	Environment []string `toml:"environment"`
-	// PreGetSourcesScript and PostGetSourcesScript run before and after the
-	// sources are fetched; PreBuildScript and PostBuildScript before and
-	// after the job script.
-	PreGetSourcesScript  string `toml:"pre_get_sources_script"`
-	PostGetSourcesScript string `toml:"post_get_sources_script"`
-	PreBuildScript       string `toml:"pre_build_script"`
-	PostBuildScript      string `toml:"post_build_script"`
+	// PreBuildScript and PostBuildScript are shell run on the instance
+	// before and after the job script.
+	PreBuildScript  string `toml:"pre_build_script"`
+	PostBuildScript string `toml:"post_build_script"`
 	// OutputLimit is the maximum trace size in KiB (`output_limit`); 0
 	// becomes 4096.
 	OutputLimit int `toml:"output_limit"`
-	// FeatureFlags holds [runners.feature_flags] as written. Flags are
-	// accepted for compatibility; see docs/configuration.md for which ones
-	// change behaviour.
-	FeatureFlags map[string]bool `toml:"feature_flags"`
 	// Autoscaler is [runners.autoscaler]; never nil after a successful load.
 	Autoscaler *Autoscaler `toml:"autoscaler"`
 	// Instance is [runners.instance].
@@ -253,7 +240,7 @@ type StateStorage struct {
 	Enabled bool `toml:"enabled"`
 	// Dir is the storage root, absolute or relative to the config file's
 	// directory; empty becomes <config dir>/.taskscaler.
-	Dir string `toml:"dir" cfg:"path"`
+	Dir string `toml:"dir"`
 	// KeepInstanceWithAcquisitions keeps a restored instance that still had
 	// acquisitions when the daemon stopped; false removes it.
 	KeepInstanceWithAcquisitions bool `toml:"keep_instance_with_acquisitions"`
@@ -358,7 +345,7 @@ func Load(path string) (*Config, []Warning, error) {
 }
 
 // Parse parses data as the config file name (used in messages, and to
-// resolve key_path, state_storage.dir and tls-* files relative to its
+// resolve key_path and state_storage.dir relative to its
 // directory). It expands $VAR in url and token from the process environment.
 //
 // It returns the config with defaults applied and the warnings to show;

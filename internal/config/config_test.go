@@ -332,20 +332,15 @@ shutdown_timeout = 45
   token = "glrt-all"
   token_obtained_at = 2026-08-01T00:00:00Z
   token_expires_at = 2027-08-01T00:00:00Z
-  tls-ca-file = "ca.pem"
   executor = "instance"
   shell = "bash"
   limit = 9
   request_concurrency = 3
   builds_dir = "/builds"
   environment = ["A=1", "B=two=2"]
-  pre_get_sources_script = "echo pre-get"
-  post_get_sources_script = "echo post-get"
   pre_build_script = "echo pre"
   post_build_script = "echo post"
   output_limit = 8192
-  [runners.feature_flags]
-    FF_USE_ADAPTIVE_REQUEST_CONCURRENCY = false
   [runners.instance]
     allowed_images = ["macos-*"]
     use_common_build_dir = true
@@ -423,18 +418,11 @@ shutdown_timeout = 45
 	}
 	r := cfg.Runners[0]
 	if r.Name != "all" || r.ID != 42 || r.Token != "glrt-all" || r.Shell != "bash" || r.Limit != 9 || r.RequestConcurrency != 3 ||
-		r.BuildsDir != "/builds" || len(r.Environment) != 2 || r.Environment[1] != "B=two=2" || r.PreGetSourcesScript != "echo pre-get" ||
-		r.PostGetSourcesScript != "echo post-get" || r.PreBuildScript != "echo pre" || r.PostBuildScript != "echo post" || r.OutputLimit != 8192 {
+		r.BuildsDir != "/builds" || len(r.Environment) != 2 || r.Environment[1] != "B=two=2" || r.PreBuildScript != "echo pre" || r.PostBuildScript != "echo post" || r.OutputLimit != 8192 {
 		t.Errorf("runner: %+v", r)
 	}
 	if !r.TokenObtainedAt.Equal(time.Date(2026, 8, 1, 0, 0, 0, 0, time.UTC)) || r.TokenExpiresAt.Year() != 2027 {
 		t.Errorf("token times %v %v", r.TokenObtainedAt, r.TokenExpiresAt)
-	}
-	if r.TLSCAFile != filepath.Join(dir, "ca.pem") {
-		t.Errorf("tls-ca-file = %q", r.TLSCAFile)
-	}
-	if v, ok := r.FeatureFlags["FF_USE_ADAPTIVE_REQUEST_CONCURRENCY"]; !ok || v {
-		t.Errorf("feature_flags = %v", r.FeatureFlags)
 	}
 	if !r.Instance.UseCommonBuildDir || r.Instance.AllowedImages[0] != "macos-*" {
 		t.Errorf("instance = %+v", r.Instance)
@@ -509,6 +497,10 @@ sentry_dsn = "https://sentry.example.com/1"
   clone_url = "https://gitlab-internal.example.com"
   unhealthy_requests_limit = 3
   unhealthy_interval = "60m"
+  tls-ca-file = "/etc/ssl/gitlab-ca.pem"
+  pre_get_sources_script = "echo hi"
+  [runners.feature_flags]
+    FF_USE_ADAPTIVE_REQUEST_CONCURRENCY = false
   [runners.cache]
     Type = "s3"
     [runners.cache.s3]
@@ -526,8 +518,11 @@ sentry_dsn = "https://sentry.example.com/1"
 		"runners.clone_url":                12,
 		"runners.unhealthy_requests_limit": 13,
 		"runners.unhealthy_interval":       14,
-		"runners.cache":                    15,
-		"runners.docker":                   19,
+		"runners.tls-ca-file":              15,
+		"runners.pre_get_sources_script":   16,
+		"runners.feature_flags":            17,
+		"runners.cache":                    19,
+		"runners.docker":                   23,
 	}
 	if len(warns) != len(want) {
 		t.Errorf("got %d warnings, want %d: %v", len(warns), len(want), warns)

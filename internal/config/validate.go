@@ -169,16 +169,6 @@ func (d *decoder) runner(i int, r *Runner) bool {
 			d.valErr(kp(base, "environment", j), "%q is not KEY=VALUE", e)
 		}
 	}
-	for _, f := range []struct {
-		key string
-		v   *string
-	}{{"tls-ca-file", &r.TLSCAFile}, {"tls-cert-file", &r.TLSCertFile}, {"tls-key-file", &r.TLSKeyFile}} {
-		*f.v = d.resolve(*f.v)
-	}
-	if (r.TLSCertFile == "") != (r.TLSKeyFile == "") {
-		d.keyErr(kp(base, "tls-cert-file"), "tls-cert-file and tls-key-file must be set together for TLS client authentication")
-	}
-
 	if r.Autoscaler == nil && !d.has(kp(base, "autoscaler")) {
 		d.keyErr(kp(base, "autoscaler"), "runner %q has no [runners.autoscaler] table; the instance executor needs one with at least plugin = \"aws\" (or \"local\")", r.Name)
 	} else if r.Autoscaler != nil {
