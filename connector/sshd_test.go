@@ -34,7 +34,7 @@ type realSSHD struct {
 // startSSHD starts OpenSSH's sshd on 127.0.0.1 with a temporary
 // configuration, host key and authorized_keys, logging in as the current
 // user. It skips the test when sshd is not installed.
-func startSSHD(t *testing.T, maxSessions int) *realSSHD {
+func startSSHD(t testing.TB, maxSessions int) *realSSHD {
 	t.Helper()
 	if _, err := os.Stat(sshdPath); err != nil {
 		t.Skipf("OpenSSH sshd not found at %s (install Debian's openssh-server; .ci/run does): %v", sshdPath, err)
