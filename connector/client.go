@@ -213,13 +213,17 @@ func (c *Client) liveConns() ([]*conn, error) {
 // openOn tries to open something (a session or a forwarded connection) on
 // each live connection. It returns refused=true when at least one server
 // rejected the channel (as opposed to the connection being broken).
-func openOn[T any](conns []*conn, open func(*ssh.Client) (T, error)) (T, bool, error) {
+func openOn[T any](ctx context.Context, conns []*conn, open func(*ssh.Client) (T, error)) (T, bool, error) {
 	var zero T
 	var lastRefusal error
 	for _, cn := range conns {
 		v, err := open(cn.c)
 		if err == nil {
 			return v, false, nil
+		}
+		if ctx.Err() != nil {
+			// The caller gave up; the connection is not to blame.
+			return zero, false, err
 		}
 		var oce *ssh.OpenChannelError
 		if errors.As(err, &oce) {
@@ -248,13 +252,15 @@ func (c *Client) acquireDial(ctx context.Context) error {
 // session opens an SSH session on an existing connection, or on a new one
 // when every connection refuses (MaxSessions) or none is alive.
 func (c *Client) session(ctx context.Context) (*ssh.Session, error) {
-	newSession := func(sc *ssh.Client) (*ssh.Session, error) { return sc.NewSession() }
+	newSession := func(sc *ssh.Client) (*ssh.Session, error) { return openSession(ctx, sc) }
 	conns, err := c.liveConns()
 	if err != nil {
 		return nil, err
 	}
-	if s, _, err := openOn(conns, newSession); err == nil {
+	if s, _, err := openOn(ctx, conns, newSession); err == nil {
 		return s, nil
+	} else if ctx.Err() != nil {
+		return nil, err
 	}
 	if err := c.acquireDial(ctx); err != nil {
 		return nil, err
@@ -265,7 +271,7 @@ func (c *Client) session(ctx context.Context) (*ssh.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s, _, err := openOn(conns, newSession); err == nil {
+	if s, _, err := openOn(ctx, conns, newSession); err == nil {
 		return s, nil
 	}
 	if len(conns) > 0 {
@@ -276,11 +282,36 @@ func (c *Client) session(ctx context.Context) (*ssh.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := cn.c.NewSession()
+	s, err := openSession(ctx, cn.c)
 	if err != nil {
 		return nil, fmt.Errorf("connector: instance %q refused a session on a new connection: %w", c.InstanceID(), err)
 	}
 	return s, nil
+}
+
+// openSession is sc.NewSession bounded by ctx: on a connection that hangs
+// (until keepalives notice), the caller's context still ends the wait.
+func openSession(ctx context.Context, sc *ssh.Client) (*ssh.Session, error) {
+	type result struct {
+		s   *ssh.Session
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := sc.NewSession()
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.s, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.s != nil {
+				r.s.Close()
+			}
+		}()
+		return nil, context.Cause(ctx)
+	}
 }
 
 func (c *Client) currentInfo() provider.ConnectInfo {
@@ -432,7 +463,7 @@ func (c *Client) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, err
 	}
 	if len(conns) > 0 {
-		nc, refused, err := openOn(conns, open)
+		nc, refused, err := openOn(ctx, conns, open)
 		if err == nil {
 			return nc, nil
 		}

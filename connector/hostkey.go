@@ -13,8 +13,8 @@ import (
 )
 
 // HostKeyStore remembers the SSH host key of each instance (trust on first
-// use). It is safe for concurrent use. The zero value is not usable; call
-// NewHostKeyStore.
+// use). It is safe for concurrent use. The zero value is an empty store,
+// like NewHostKeyStore's.
 //
 // For an instance whose ConnectInfo.HostKeys is non-empty the store is not
 // consulted: the server must present one of those keys. Otherwise the first
@@ -87,6 +87,9 @@ func (s *HostKeyStore) callback(info provider.ConnectInfo) (ssh.HostKeyCallback,
 		defer s.mu.Unlock()
 		pinned, ok := s.pins[id]
 		if !ok {
+			if s.pins == nil {
+				s.pins = map[string]ssh.PublicKey{}
+			}
 			s.pins[id] = key
 			return nil
 		}

@@ -642,3 +642,39 @@ func TestParseConfig(t *testing.T) {
 		t.Errorf("default dir = %q, %v; want %q", g.Config().Dir, err, DefaultDir())
 	}
 }
+
+func TestCancelKillsCommandTree(t *testing.T) {
+	g := newGroup(t, Config{}, provider.Settings{})
+	id := increase(t, g, 1)[0]
+	waitState(t, g, id, provider.StateRunning)
+	c := connect(t, g, id)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, connector.RunOptions{Command: "sleep 1000 & echo $!; wait", Stdout: outW, GracePeriod: 5 * time.Second})
+		outW.Close()
+	}()
+	line, err := bufio.NewReader(outR).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(line))
+	cancel()
+	go io.Copy(io.Discard, outR)
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v, want context.Canceled", err)
+	}
+	// SIGTERM went to the whole process group: the background sleep is
+	// gone too, and the instance still serves.
+	if !pidGone(pid) {
+		// The kernel may not have finished; the instance server reaps
+		// its children, so ask it to confirm the sleep is gone.
+		if err := c.Run(testCtx(t), connector.RunOptions{Command: fmt.Sprintf("for i in $(seq 200); do kill -0 %d 2>/dev/null || exit 0; sleep 0.01; done; exit 1", pid)}); err != nil {
+			t.Fatalf("background process %d survived the cancellation: %v", pid, err)
+		}
+	}
+	if err := c.Run(testCtx(t), connector.RunOptions{Command: "true"}); err != nil {
+		t.Fatalf("instance unusable after a cancelled command: %v", err)
+	}
+}
