@@ -104,6 +104,7 @@ type options struct {
 	maxBackoff      time.Duration
 	heartbeatMaxAge time.Duration
 	parallelism     int
+	standardRetry   bool // tests: standard instead of adaptive retry mode
 }
 
 // WithEndpoint sends every API call (Auto Scaling, EC2, EC2 Instance
@@ -137,6 +138,13 @@ func WithHeartbeatMaxAge(d time.Duration) Option {
 	return func(o *options) { o.heartbeatMaxAge = d }
 }
 
+// withStandardRetry makes the SDK use its standard retry mode instead of the
+// adaptive one. The adaptive mode's client-side rate limiter sleeps on the
+// wall clock (at least 2 s per call once throttled, at its 0.5 requests/s
+// floor), which tests on a virtual clock cannot afford; the retry policy is
+// otherwise the same.
+func withStandardRetry() Option { return func(o *options) { o.standardRetry = true } }
+
 // Group is an AWS Auto Scaling group as a provider.InstanceGroup and
 // provider.Heartbeater. Its methods are safe for concurrent use.
 type Group struct {
@@ -153,6 +161,10 @@ type Group struct {
 	pubKey   string // its public half, authorized_keys format
 
 	refreshMu sync.Mutex // serialises refreshes so concurrent callers share one
+	// scaleMu serialises Increase and Decrease: each reads the desired
+	// capacity and changes it, and two of them interleaving would lose an
+	// update (two Increase(1) both setting desired+1).
+	scaleMu sync.Mutex
 
 	mu        sync.Mutex
 	inited    bool
@@ -209,13 +221,19 @@ func New(cfg Config, opts ...Option) (*Group, error) {
 	}
 	loadOpts := []func(*config.LoadOptions) error{
 		config.WithRetryer(func() awssdk.Retryer {
-			r := retry.NewAdaptiveMode(func(ao *retry.AdaptiveModeOptions) {
-				ao.StandardOptions = append(ao.StandardOptions, func(so *retry.StandardOptions) {
-					so.MaxAttempts = o.maxAttempts
-					so.MaxBackoff = o.maxBackoff
-					so.Backoff = retry.NewExponentialJitterBackoff(o.maxBackoff)
+			std := func(so *retry.StandardOptions) {
+				so.MaxAttempts = o.maxAttempts
+				so.MaxBackoff = o.maxBackoff
+				so.Backoff = retry.NewExponentialJitterBackoff(o.maxBackoff)
+			}
+			var r awssdk.Retryer
+			if o.standardRetry {
+				r = retry.NewStandard(std)
+			} else {
+				r = retry.NewAdaptiveMode(func(ao *retry.AdaptiveModeOptions) {
+					ao.StandardOptions = append(ao.StandardOptions, std)
 				})
-			})
+			}
 			// Auto Scaling reports conflicting activities with codes the
 			// SDK does not retry by default; they clear by themselves.
 			return retry.AddWithErrorCodes(r, "ScalingActivityInProgress", "ResourceContention")

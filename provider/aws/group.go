@@ -230,6 +230,8 @@ func (g *Group) Increase(ctx context.Context, n int) (int, error) {
 	if n <= 0 {
 		return 0, nil
 	}
+	g.scaleMu.Lock()
+	defer g.scaleMu.Unlock()
 	asg, err := g.describeGroup(ctx, "increase")
 	if err != nil {
 		return 0, err
@@ -283,6 +285,8 @@ func (g *Group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
+	g.scaleMu.Lock()
+	defer g.scaleMu.Unlock()
 	g.mu.Lock()
 	missing := false
 	for _, id := range ids {
@@ -325,10 +329,7 @@ func (g *Group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			_, err := g.as.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
-				InstanceId:                     awssdk.String(ids[i]),
-				ShouldDecrementDesiredCapacity: awssdk.Bool(true),
-			})
+			err := g.terminate(ctx, ids[i], true)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -343,15 +344,37 @@ func (g *Group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 		})
 	}
 	wg.Wait()
-	if len(recheck) > 0 {
-		if err := g.refreshMembers(ctx, "decrease"); err == nil {
-			g.mu.Lock()
-			for _, i := range recheck {
-				if m, ok := g.members[ids[i]]; !ok || goneOrGoing(m.lifecycle) {
-					accepted[i], errs[i] = true, nil
-				}
+	slices.Sort(recheck)
+	for _, i := range recheck {
+		// Re-read the group: the instance may have gone meanwhile, or the
+		// desired capacity may already be below the instances in service
+		// (lowered behind our back above protected instances), in which
+		// case decrementing it is both impossible at MinSize and unneeded:
+		// terminating without decrement launches no replacement.
+		asg, err := g.describeGroup(ctx, "decrease")
+		if err != nil {
+			continue
+		}
+		g.mu.Lock()
+		g.applyGroupLocked(asg, g.o.now())
+		m, ok := g.members[ids[i]]
+		g.mu.Unlock()
+		if !ok || goneOrGoing(m.lifecycle) {
+			accepted[i], errs[i] = true, nil
+			continue
+		}
+		active := 0
+		for _, in := range asg.Instances {
+			if countsTowardDesired(string(in.LifecycleState)) {
+				active++
 			}
-			g.mu.Unlock()
+		}
+		if int(awssdk.ToInt32(asg.DesiredCapacity)) < active {
+			if err := g.terminate(ctx, ids[i], false); err != nil {
+				errs[i] = classify("decrease", "TerminateInstanceInAutoScalingGroup", ids[i], err)
+			} else {
+				accepted[i], errs[i] = true, nil
+			}
 		}
 	}
 	var out []string
@@ -371,6 +394,15 @@ func (g *Group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 	err := errors.Join(errs...)
 	log.Info("terminated instances", zap.Int("requested", len(ids)), zap.Int("accepted", len(out)), zap.Int("calls", len(toTerminate)), zap.Error(err))
 	return out, err
+}
+
+// terminate calls TerminateInstanceInAutoScalingGroup for one instance.
+func (g *Group) terminate(ctx context.Context, id string, decrement bool) error {
+	_, err := g.as.TerminateInstanceInAutoScalingGroup(ctx, &autoscaling.TerminateInstanceInAutoScalingGroupInput{
+		InstanceId:                     awssdk.String(id),
+		ShouldDecrementDesiredCapacity: awssdk.Bool(decrement),
+	})
+	return err
 }
 
 // refreshMembers re-reads the group's membership only.
@@ -443,8 +475,13 @@ func (g *Group) ConnectInfo(ctx context.Context, id string) (provider.ConnectInf
 	}
 	g.mu.Lock()
 	d, ok := g.details[id]
+	m, isMember := g.members[id]
 	settings := g.settings
 	g.mu.Unlock()
+	if isMember && goneOrGoing(m.lifecycle) {
+		return provider.ConnectInfo{}, &provider.Error{Class: provider.ErrNotFound, Op: "connect info", ID: id,
+			Err: fmt.Errorf("instance is %s", m.lifecycle)}
+	}
 	if !ok {
 		var err error
 		if d, err = g.describeOne(ctx, id); err != nil {
@@ -481,6 +518,14 @@ func (g *Group) ConnectInfo(ctx context.Context, id string) (provider.ConnectInf
 	}
 	if ci.OS == "windows" {
 		return provider.ConnectInfo{}, fmt.Errorf("aws: connect info %s: EC2 Instance Connect does not support Windows instances; set use_static_credentials = true with a username and password in connector_config", id)
+	}
+	if d.state == "pending" && (!isMember || m.lifecycle != "InService") {
+		// Still booting: EC2 Instance Connect refuses keys until the
+		// instance runs. Return the addresses with credentials that are
+		// already expired, so callers ask again once it is running.
+		now := g.o.now()
+		ci.Expires = &now
+		return ci, nil
 	}
 	exp, err := g.pushKey(ctx, id, ci.Username, d.az)
 	if err != nil {

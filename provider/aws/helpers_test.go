@@ -43,6 +43,7 @@ func newTestGroup(t testing.TB, srv *awstest.Server, clk *clock, opts ...Option)
 		WithEndpoint(srv.URL()),
 		WithCredentials(credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "")),
 		WithRetry(10, time.Millisecond),
+		withStandardRetry(),
 	}
 	if clk != nil {
 		base = append(base, WithClock(clk.Now))
