@@ -190,12 +190,21 @@ func serveInstance(dir string, log *zap.Logger) error {
 		ready.Close()
 	}
 
+	// An instance whose directory was removed behind the manager's back
+	// (rm -rf, a test's temporary directory cleaned up) stops by itself
+	// instead of running forever.
+	orphaned := make(chan struct{})
+	go watchDir(dir, orphaned)
+
 	// Boot: the port stays closed until the boot delay has passed.
 	if wait := time.Until(spec.CreatedAt.Add(time.Duration(spec.BootDelay))); wait > 0 {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-stop:
+			return nil
+		case <-orphaned:
+			log.Info("instance directory removed; stopping")
 			return nil
 		}
 	}
@@ -231,11 +240,32 @@ func serveInstance(dir string, log *zap.Logger) error {
 	case <-stop:
 		srv.Close()
 		return nil
+	case <-orphaned:
+		log.Info("instance directory removed; stopping with all its processes")
+		srv.Close()
+		sweep(os.Getpid(), sandbox)
+		return nil
 	case err := <-errc:
 		if errors.Is(err, sshserver.ErrServerClosed) {
 			return nil
 		}
 		return err
+	}
+}
+
+// watchInterval is how often an instance checks that its directory still
+// exists.
+const watchInterval = time.Second
+
+// watchDir closes gone once dir/instance.json no longer exists.
+func watchDir(dir string, gone chan<- struct{}) {
+	t := time.NewTicker(watchInterval)
+	defer t.Stop()
+	for range t.C {
+		if _, err := os.Stat(filepath.Join(dir, specFile)); errors.Is(err, os.ErrNotExist) {
+			close(gone)
+			return
+		}
 	}
 }
 

@@ -85,6 +85,8 @@ type Group struct {
 	cfg Config
 	exe string
 
+	exits sync.Map // instance id -> chan struct{} closed when its process (our child) ends
+
 	mu         sync.Mutex // serialises Increase and Decrease
 	log        *zap.Logger
 	inited     bool
@@ -516,7 +518,12 @@ func (g *Group) start(id, dir string) error {
 	}
 	// Reap the process when it ends, for as long as we are its parent;
 	// otherwise it would linger as a zombie that looks alive.
-	go func() { _ = cmd.Wait() }()
+	exited := make(chan struct{})
+	g.exits.Store(id, exited)
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
 
 	_ = r.SetReadDeadline(time.Now().Add(startTimeout))
 	buf := make([]byte, 3)

@@ -253,8 +253,7 @@ func pidGone(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil {
 		return true
 	}
-	state, _, ok := procStat(pid)
-	return !ok || state == 'Z'
+	return isZombie(pid)
 }
 
 func TestDecreaseKillsProcessesAndRemovesDir(t *testing.T) {
@@ -676,5 +675,35 @@ func TestCancelKillsCommandTree(t *testing.T) {
 	}
 	if err := c.Run(testCtx(t), connector.RunOptions{Command: "true"}); err != nil {
 		t.Fatalf("instance unusable after a cancelled command: %v", err)
+	}
+}
+
+// TestRemovedDirStopsInstance: an instance whose directory disappears
+// behind the manager's back (a test's TempDir cleaned up) exits by itself,
+// with its commands, instead of running forever.
+func TestRemovedDirStopsInstance(t *testing.T) {
+	g := newGroup(t, Config{}, provider.Settings{})
+	id := increase(t, g, 1)[0]
+	waitState(t, g, id, provider.StateRunning)
+	c := connect(t, g, id)
+	var out bytes.Buffer
+	if err := c.Run(testCtx(t), connector.RunOptions{Command: "sleep 1000 >/dev/null 2>&1 & echo $!", Stdout: &out}); err != nil {
+		t.Fatal(err)
+	}
+	sleepPID, _ := strconv.Atoi(strings.TrimSpace(out.String()))
+	v, ok := g.exits.Load(id)
+	if !ok {
+		t.Fatal("no exit channel for the instance")
+	}
+	if err := os.RemoveAll(filepath.Join(g.cfg.Dir, id)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-v.(chan struct{}):
+	case <-time.After(guard):
+		t.Fatal("instance process still running 30 s after its directory was removed")
+	}
+	if !pidGone(sleepPID) {
+		t.Errorf("background process %d of the orphaned instance survived", sleepPID)
 	}
 }

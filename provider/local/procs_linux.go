@@ -73,6 +73,13 @@ func killInstance(pid int, dir, sandbox string) {
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	sweep(sid, sandbox)
+}
+
+// sweep kills every process of session sid (when sid > 0) and every
+// process carrying the sandbox marker, except the calling process, until a
+// pass finds none.
+func sweep(sid int, sandbox string) {
 	marker := EnvSandbox + "=" + sandbox
 	self := os.Getpid()
 	for range 50 {
@@ -99,4 +106,10 @@ func killInstance(pid int, dir, sandbox string) {
 			return
 		}
 	}
+}
+
+// isZombie reports whether pid has exited but was not reaped yet.
+func isZombie(pid int) bool {
+	state, _, ok := procStat(pid)
+	return ok && (state == 'Z' || state == 'X')
 }
