@@ -29,12 +29,24 @@ const sshdPath = "/usr/sbin/sshd"
 type realSSHD struct {
 	info    provider.ConnectInfo
 	hostKey ssh.Signer
+	cfgPath string
+	addr    string
+	exited  chan struct{}
+	logs    *bytes.Buffer
 }
 
-// startSSHD starts OpenSSH's sshd on 127.0.0.1 with a temporary
-// configuration, host key and authorized_keys, logging in as the current
-// user. It skips the test when sshd is not installed.
+// startSSHD starts OpenSSH's sshd on 127.0.0.1 and waits until it listens.
 func startSSHD(t testing.TB, maxSessions int) *realSSHD {
+	s := prepareSSHD(t, maxSessions)
+	s.start(t)
+	s.waitListening(t)
+	return s
+}
+
+// prepareSSHD writes a temporary sshd configuration, host key and
+// authorized_keys for logging in as the current user, on a free port of
+// 127.0.0.1. It skips the test when sshd is not installed.
+func prepareSSHD(t testing.TB, maxSessions int) *realSSHD {
 	t.Helper()
 	if _, err := os.Stat(sshdPath); err != nil {
 		t.Skipf("OpenSSH sshd not found at %s (install Debian's openssh-server; .ci/run does): %v", sshdPath, err)
@@ -86,47 +98,59 @@ LogLevel ERROR
 `, port, hostKeyPath, authPath, maxSessions)
 	cfgPath := write("sshd_config", []byte(cfg))
 
-	var logs bytes.Buffer
-	cmd := exec.Command(sshdPath, "-D", "-e", "-f", cfgPath)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start sshd: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("sshd log:\n%s", logs.String())
-		}
-	})
-	// Poll until sshd listens (bounded).
-	deadline := time.Now().Add(guard)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case <-exited:
-			t.Fatalf("sshd exited: %s", logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd did not listen on %s: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	return &realSSHD{
 		hostKey: hostKey,
+		cfgPath: cfgPath,
+		addr:    addr,
 		info: provider.ConnectInfo{
 			ConnectorConfig: provider.ConnectorConfig{Username: me.Username, Key: clientPEM, Protocol: provider.ProtocolSSH},
 			ID:              "sshd-" + port,
 			InternalAddr:    addr,
 			HostKeys:        [][]byte{hostKey.PublicKey().Marshal()},
 		},
+	}
+}
+
+// start runs sshd in the background; it is killed when the test ends.
+func (s *realSSHD) start(t testing.TB) {
+	t.Helper()
+	var logs bytes.Buffer
+	cmd := exec.Command(sshdPath, "-D", "-e", "-f", s.cfgPath)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sshd: %v", err)
+	}
+	s.exited = make(chan struct{})
+	go func() { cmd.Wait(); close(s.exited) }()
+	s.logs = &logs
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-s.exited
+		if t.Failed() {
+			t.Logf("sshd log:\n%s", logs.String())
+		}
+	})
+}
+
+// waitListening polls (bounded) until sshd accepts TCP connections.
+func (s *realSSHD) waitListening(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(guard)
+	for {
+		c, err := net.DialTimeout("tcp", s.addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("sshd exited: %s", s.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sshd did not listen on %s: %v", s.addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -320,4 +344,44 @@ func TestOpenSSH(t *testing.T) {
 			t.Error("sshd's host key was not pinned")
 		}
 	})
+}
+
+// TestOpenSSHBootRetry dials before sshd runs, as when an instance boots:
+// the connection is refused, the connector retries, sshd starts, and Dial
+// succeeds.
+func TestOpenSSHBootRetry(t *testing.T) {
+	sshd := prepareSSHD(t, 10)
+	refused := make(chan struct{})
+	var once sync.Once
+	var d net.Dialer
+	opts := connector.DialOptions{
+		HostKeys: connector.NewHostKeyStore(),
+		DialFunc: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				once.Do(func() { close(refused) })
+			}
+			return c, err
+		},
+	}
+	info := sshd.info
+	info.Timeout = guard
+	done := make(chan error, 1)
+	go func() {
+		c, err := connector.Dial(testCtx(t), info, opts)
+		if err == nil {
+			err = c.Run(testCtx(t), connector.RunOptions{Command: "true"})
+			c.Close()
+		}
+		done <- err
+	}()
+	select {
+	case <-refused:
+	case err := <-done:
+		t.Fatalf("Dial ended before sshd started: %v", err)
+	}
+	sshd.start(t)
+	if err := <-done; err != nil {
+		t.Fatalf("Dial while sshd was starting: %v", err)
+	}
 }
