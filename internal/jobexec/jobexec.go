@@ -118,7 +118,9 @@ type Result struct {
 	// ExitCode is the exit status of the failed stage with script_failure;
 	// 0 otherwise.
 	ExitCode int
-	// Canceled is set when the job was canceled gracefully or aborted.
+	// Canceled is set when the job was canceled gracefully or aborted
+	// (an abort during after_script also turns a success into
+	// failed/runner_system_failure).
 	Canceled bool
 	// ScriptStarted is set once the step_script stage (the job's own
 	// script) was handed to the instance. Until then nothing of the job
@@ -306,7 +308,12 @@ func (e *execution) run(ctx context.Context, p *plan, sources string) Result {
 	if scriptRan && p.afterScript != nil && len(p.afterScript.Script) > 0 {
 		e.afterScript(ctx, p, res)
 		if ctx.Err() != nil {
-			res.Canceled = true
+			// Aborted during after_script: the job as a whole was
+			// aborted.
+			cause := context.Cause(ctx)
+			e.printf("\n%sERROR: Job aborted during after_script: %v%s\n", ansiBoldRed, cause, ansiReset)
+			res.State, res.FailureReason, res.ExitCode, res.Canceled, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, 0, true, cause
+			return res
 		}
 	}
 	switch {

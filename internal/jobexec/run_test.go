@@ -424,3 +424,37 @@ func TestRunMasksTokensInOutput(t *testing.T) {
 		}
 	}
 }
+
+func TestRunAbortDuringAfterScript(t *testing.T) {
+	home := t.TempDir()
+	job := newJob([]string{"echo ok"}, []string{"echo after-started; sleep 60"})
+	tr := &traceBuf{}
+	started := tr.appeared("after-started\n")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan jobexec.Result, 1)
+	go func() { done <- jobexec.Run(ctx, jobexec.Options{Job: job, Run: localRunner(home), Trace: tr}) }()
+	waitFor(t, started, "after_script to start", tr)
+	cancel(errors.New("instance-runner is shutting down"))
+	select {
+	case res := <-done:
+		if res.State != gitlab.StateFailed || res.FailureReason != gitlab.RunnerSystemFailure || !res.Canceled {
+			t.Errorf("result = %+v, want an aborted job", res)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after abort during after_script")
+	}
+}
+
+func TestRunGitMissingIsSystemFailure(t *testing.T) {
+	repo, shas := testRepo(t)
+	job := gitJob(repo, shas[2], 1, nil)
+	res, tr := runJob(t, context.Background(), t.TempDir(), job, func(o *jobexec.Options) {
+		o.Environment = []string{"PATH=/nonexistent"}
+	})
+	if res.FailureReason != gitlab.RunnerSystemFailure || res.ExitCode != 127 || res.ScriptStarted {
+		t.Fatalf("result = %+v, want runner_system_failure with exit code 127; trace:\n%s", res, tr)
+	}
+	if !strings.Contains(tr.String(), "install bash and git") {
+		t.Errorf("trace lacks the hint:\n%s", tr)
+	}
+}

@@ -43,8 +43,6 @@ type plan struct {
 	buildsDir   word // CI_BUILDS_DIR
 	projectRel  string
 	prelude     string // exports and file variables, before CI_JOB_STATUS
-	secrets     []string
-	prefixes    []string
 	warnings    []string
 	vars        map[string]string // final literal values, for runner-side switches
 	script      *gitlab.Step
@@ -112,7 +110,6 @@ func newPlan(o *Options) (*plan, error) {
 		p.repoURL = j.GitInfo.RepoURL
 	}
 	p.buildVariables(o)
-	p.prefixes = append(append([]string{}, DefaultTokenPrefixes...), j.Features.TokenMaskPrefixes...)
 	if len(j.Artifacts) > 0 {
 		p.warnings = append(p.warnings, "the job defines artifacts; instance-runner does not upload artifacts, they are skipped")
 	}
@@ -173,9 +170,6 @@ func (p *plan) buildVariables(o *Options) {
 		{key: "CI_RUNNER_EXECUTABLE_ARCH", value: runtime.GOOS + "/" + runtime.GOARCH, source: "runner default"},
 	}
 	for _, v := range j.Variables {
-		if v.Masked && v.Value != "" {
-			p.secrets = append(p.secrets, v.Value)
-		}
 		if !validName(v.Key) {
 			p.warnings = append(p.warnings, fmt.Sprintf("skipping job variable %q: not a valid shell variable name", v.Key))
 			continue
@@ -184,9 +178,6 @@ func (p *plan) buildVariables(o *Options) {
 			continue // the runner's value wins, as GitLab Runner
 		}
 		entries = append(entries, entry{key: v.Key, value: v.Value, raw: v.Raw, file: v.File, source: "job"})
-	}
-	if j.Token != "" {
-		p.secrets = append(p.secrets, j.Token)
 	}
 	env, warn := parseEnvironment(o.Environment)
 	p.warnings = append(p.warnings, warn...)
