@@ -39,6 +39,9 @@ type Masker struct {
 	w       io.Writer
 	pats    []pattern
 	byFirst [256][]int // pattern indexes by first byte, longest first
+	// second[c][d] says whether some pattern starts with c, d (or has
+	// just one byte c): a cheap filter before comparing patterns.
+	second  [256]*[256]bool
 	pending []byte
 	out     []byte
 	inToken bool
@@ -72,7 +75,18 @@ func NewMasker(w io.Writer, secrets []string, prefixes []string) *Masker {
 	// a token prefix) at the same position.
 	sort.SliceStable(m.pats, func(i, j int) bool { return len(m.pats[i].s) > len(m.pats[j].s) })
 	for i, p := range m.pats {
-		m.byFirst[p.s[0]] = append(m.byFirst[p.s[0]], i)
+		c := p.s[0]
+		m.byFirst[c] = append(m.byFirst[c], i)
+		if m.second[c] == nil {
+			m.second[c] = new([256]bool)
+		}
+		if len(p.s) == 1 {
+			for d := range m.second[c] {
+				m.second[c][d] = true
+			}
+		} else {
+			m.second[c][p.s[1]] = true
+		}
 	}
 	return m
 }
@@ -126,8 +140,9 @@ func (m *Masker) scan(buf []byte, final bool) int {
 			}
 			m.inToken = false
 		}
-		cands := m.byFirst[buf[i]]
-		if len(cands) == 0 {
+		c := buf[i]
+		cands := m.byFirst[c]
+		if len(cands) == 0 || i+1 < n && !m.second[c][buf[i+1]] {
 			i++
 			continue
 		}

@@ -201,7 +201,10 @@ func (p *plan) buildVariables(o *Options) {
 			fmt.Fprintf(&b, "printf '%%s' %s > \"$__ir_tmp/%s\"\nexport %s=\"$__ir_tmp/%s\"\n", shellQuote(e.value), e.key, e.key, e.key)
 			continue
 		}
-		w := r.value(i)
+		w, ok := r.value(i)
+		if !ok {
+			p.warnings = append(p.warnings, fmt.Sprintf("variable %s expands to more than %d bytes; it is used without expansion", e.key, maxExpandedLen))
+		}
 		p.vars[e.key] = w.literal()
 		b.WriteString("export " + e.key + "=")
 		w.render(&b)

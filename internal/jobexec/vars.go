@@ -87,6 +87,7 @@ type resolver struct {
 	entries []entry
 	last    map[string]int // key → index of its last definition
 	shell   map[string]bool
+	budget  int // bytes the current expansion may still add
 }
 
 func newResolver(entries []entry, shellOnly map[string]bool) *resolver {
@@ -97,9 +98,20 @@ func newResolver(entries []entry, shellOnly map[string]bool) *resolver {
 	return r
 }
 
-// value returns the expanded value of entries[i].
-func (r *resolver) value(i int) word {
-	return r.expand(i, map[int]bool{})
+// maxExpandedLen bounds the expanded size of one value (bytes), so that
+// variables such as A=$B$B, B=$C$C, … cannot make the runner build an
+// exponentially large script.
+const maxExpandedLen = 1 << 20
+
+// value returns the expanded value of entries[i]; ok is false when the
+// expansion would exceed maxExpandedLen (then the value is used as is).
+func (r *resolver) value(i int) (w word, ok bool) {
+	r.budget = maxExpandedLen
+	w = r.expand(i, map[int]bool{})
+	if r.budget < 0 {
+		return lit(r.entries[i].value), false
+	}
+	return w, true
 }
 
 func (r *resolver) expand(i int, visiting map[int]bool) word {
@@ -114,14 +126,19 @@ func (r *resolver) expand(i int, visiting map[int]bool) word {
 		if s == "" {
 			return
 		}
+		r.budget -= len(s)
 		if n := len(out); n > 0 && out[n-1].ref == "" {
 			out[n-1].lit += s
 			return
 		}
 		out = append(out, segment{lit: s})
 	}
+	addRef := func(name string) {
+		r.budget -= len(name) + 5 // as rendered: "${NAME}"
+		out = append(out, segment{ref: name})
+	}
 	v := e.value
-	for len(v) > 0 {
+	for len(v) > 0 && r.budget >= 0 {
 		j := strings.IndexByte(v, '$')
 		if j < 0 {
 			addLit(v)
@@ -143,13 +160,13 @@ func (r *resolver) expand(i int, visiting map[int]bool) word {
 		v = v[n:]
 		switch t, ok := r.target(name, i); {
 		case !ok:
-			out = append(out, segment{ref: name})
+			addRef(name)
 		case visiting[t]:
 			// A cycle (A=$B, B=$A): the inner reference is empty.
 		default:
 			for _, s := range r.expand(t, visiting) {
 				if s.ref != "" {
-					out = append(out, s)
+					addRef(s.ref)
 				} else {
 					addLit(s.lit)
 				}

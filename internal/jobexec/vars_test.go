@@ -1,6 +1,7 @@
 package jobexec
 
 import (
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
@@ -52,7 +53,11 @@ func TestResolverExpansion(t *testing.T) {
 		if entries[tc.idx].key != tc.key {
 			t.Fatalf("test table index %d is %s, not %s", tc.idx, entries[tc.idx].key, tc.key)
 		}
-		if got := render(r.value(tc.idx)); got != tc.want {
+		w, ok := r.value(tc.idx)
+		if !ok {
+			t.Errorf("%s: expansion overflowed", tc.key)
+		}
+		if got := render(w); got != tc.want {
 			t.Errorf("%s = %s, want %s", tc.key, got, tc.want)
 		}
 	}
@@ -142,5 +147,35 @@ func TestScriptKeepsSecretsOutOfCommandLine(t *testing.T) {
 	}
 	if strings.Count(body, "glcbt-tok_123") != 1 || !strings.Contains(body, "GIT_CONFIG_KEY_0='url.https://gitlab-ci-token:glcbt-tok_123@gitlab.example.com/g/p.git.insteadOf'") {
 		t.Errorf("token must appear only in the fetch's insteadOf environment:\n%s", body)
+	}
+}
+
+func TestResolverBoundsExponentialExpansion(t *testing.T) {
+	var entries []entry
+	for i := range 40 {
+		entries = append(entries, entry{key: fmt.Sprintf("V%d", i), value: fmt.Sprintf("$V%d$V%d", i+1, i+1)})
+	}
+	entries = append(entries, entry{key: "V40", value: "xxxxxxxxxxxxxxxx"})
+	r := newResolver(entries, shellOnly)
+	w, ok := r.value(0)
+	if ok {
+		t.Fatalf("2^40-byte expansion reported ok (%d segments)", len(w))
+	}
+	if got := render(w); got != "'$V1$V1'" {
+		t.Errorf("overflowing value = %s, want it unexpanded", got)
+	}
+	if w, ok := r.value(35); !ok || len(render(w)) != 32*16+2 {
+		t.Errorf("V35 = %v ok=%v, want 512 x", render(w), ok)
+	}
+}
+
+func TestResolverBoundsExponentialShellReferences(t *testing.T) {
+	var entries []entry
+	for i := range 40 {
+		entries = append(entries, entry{key: fmt.Sprintf("V%d", i), value: fmt.Sprintf("$V%d$V%d", i+1, i+1)})
+	}
+	entries = append(entries, entry{key: "V40", value: "$HOME"})
+	if _, ok := newResolver(entries, shellOnly).value(0); ok {
+		t.Fatal("2^40 shell references reported ok")
 	}
 }
