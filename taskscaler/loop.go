@@ -12,7 +12,7 @@ import (
 func (t *Taskscaler) handleEvent(ev event) {
 	o := &t.o
 	o.inflight--
-	now := t.clock.Now()
+	now := o.now
 	switch ev.kind {
 	case evUpdate:
 		o.updating = false
@@ -427,6 +427,7 @@ func (t *Taskscaler) step() {
 	o := &t.o
 	for range 4 {
 		now := t.clock.Now()
+		o.now = now
 		t.policyAt(now)
 		t.servePending()
 		if o.dirty {
@@ -494,7 +495,10 @@ func (t *Taskscaler) dispatch(now time.Time) {
 		})
 	}
 	o.throttleAt = time.Time{}
-	if o.wantCreate > 0 && !o.increasing && !o.shutting {
+	// No creation before the first Update: until then the group's existing
+	// instances are unknown (they count against max_instances and are told
+	// apart from new ones by it).
+	if o.wantCreate > 0 && !o.increasing && !o.shutting && o.firstDone {
 		if now.Before(o.incBlocked) || now.Before(o.readyBlocked) {
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -116,6 +117,8 @@ type ownerState struct {
 
 	timer   Timer
 	timerAt time.Time
+	now     time.Time // the clock, read once per wake-up
+	stop    bool
 }
 
 // event is a worker's result.
@@ -178,25 +181,28 @@ func (t *Taskscaler) run() {
 	o := &t.o
 	defer t.exitOwner()
 	t.step()
-	for {
-		var timerC <-chan time.Time
+	for !o.stop {
+		var r *request
 		if o.timer != nil && !o.timerAt.IsZero() {
-			timerC = o.timer.C()
+			select {
+			case r = <-t.reqs:
+			case <-o.timer.C():
+				o.timerAt = time.Time{}
+				o.dirty = true
+			}
+		} else {
+			r = <-t.reqs
 		}
-		select {
-		case r := <-t.reqs:
+		o.now = t.clock.Now()
+		if r != nil {
 			t.handleReq(r)
-		case ev := <-t.events:
-			t.handleEvent(ev)
-		case <-timerC:
-			o.timerAt = time.Time{}
-			o.dirty = true
-		case <-t.stopCh:
-			return
 		}
 		t.drain()
+		if o.stop {
+			return
+		}
 		t.step()
-		for len(o.syncWaiters) > 0 && o.inflight == 0 && len(t.reqs) == 0 && len(t.events) == 0 {
+		for len(o.syncWaiters) > 0 && o.inflight == 0 && len(t.reqs) == 0 {
 			// A timer that fired before the Sync request was sent must be
 			// handled before answering.
 			fired := false
@@ -221,22 +227,24 @@ func (t *Taskscaler) run() {
 	}
 }
 
-// drain handles everything already queued, in one batch.
+// drain handles every request already queued, in one batch.
 func (t *Taskscaler) drain() {
-	for i := 0; i < maxBatch; i++ {
+	for i := 0; i < maxBatch && !t.o.stop; i++ {
 		select {
 		case r := <-t.reqs:
 			t.handleReq(r)
-		case ev := <-t.events:
-			t.handleEvent(ev)
 		default:
 			return
 		}
 	}
 }
 
+// exitOwner answers everything still waiting with ErrShutdown. After
+// closed is set no new request is accepted; requests of senders that got
+// past the check are drained until none is left.
 func (t *Taskscaler) exitOwner() {
 	o := &t.o
+	t.closed.Store(true)
 	if o.timer != nil {
 		o.timer.Stop()
 	}
@@ -249,16 +257,28 @@ func (t *Taskscaler) exitOwner() {
 	for _, w := range o.syncWaiters {
 		w.reply <- response{err: ErrShutdown}
 	}
-	close(t.done)
-	// Answer requests that raced with the exit.
+	o.syncWaiters = nil
 	for {
-		select {
-		case r := <-t.reqs:
-			r.reply <- response{err: ErrShutdown}
-		default:
-			return
+		last := t.senders.Load() == 0
+		for {
+			select {
+			case r := <-t.reqs:
+				switch r.kind {
+				case reqEvent, reqRelease, reqUnreserve:
+				default:
+					r.reply <- response{err: ErrShutdown}
+				}
+				continue
+			default:
+			}
+			break
 		}
+		if last {
+			break
+		}
+		runtime.Gosched()
 	}
+	close(t.done)
 }
 
 func (t *Taskscaler) touch() {
@@ -310,7 +330,7 @@ func (t *Taskscaler) policyAt(now time.Time) policy {
 func (t *Taskscaler) snapshot() Capacity {
 	o := &t.o
 	c := t.currentCounts()
-	pol := t.policyAt(t.clock.Now())
+	pol := t.policyAt(o.now)
 	return Capacity{
 		Idle:        c.idle,
 		Reserved:    o.nState[kReserved],
@@ -340,8 +360,9 @@ func (t *Taskscaler) handleReq(r *request) {
 	case reqReserve:
 		r.reply <- response{err: t.reserve(r.key)}
 	case reqUnreserve, reqRelease:
+		// Fire-and-forget: nobody waits for the answer.
 		t.release(r.key, r.kind == reqUnreserve)
-		r.reply <- response{}
+		t.putReq(r)
 	case reqAcquire:
 		t.acquireReq(r)
 	case reqReplace:
@@ -354,7 +375,7 @@ func (t *Taskscaler) handleReq(r *request) {
 	case reqSchedule:
 		o.schedules = r.schedules
 		o.polUntil = time.Time{}
-		t.policyAt(t.clock.Now())
+		t.policyAt(o.now)
 		t.touch()
 		r.reply <- response{}
 	case reqSync:
@@ -362,6 +383,13 @@ func (t *Taskscaler) handleReq(r *request) {
 	case reqShutdown:
 		t.beginShutdown()
 		r.reply <- response{}
+	case reqStop:
+		o.stop = true
+		r.reply <- response{}
+	case reqEvent:
+		ev := r.ev
+		r.ev = nil
+		t.handleEvent(*ev)
 	}
 }
 
@@ -373,8 +401,7 @@ func (t *Taskscaler) reserve(key string) error {
 	if _, ok := o.keys[key]; ok {
 		return ErrDuplicateKey
 	}
-	now := t.clock.Now()
-	pol := t.policyAt(now)
+	pol := t.policyAt(o.now)
 	c := t.currentCounts()
 	reserved := o.nState[kReserved]
 	var ok bool
@@ -437,7 +464,7 @@ func (t *Taskscaler) freeSlot(ks *keyState) {
 	}
 	in.slots[ks.slot] = nil
 	in.v.acquired--
-	in.v.lastUsed = t.clock.Now()
+	in.v.lastUsed = t.o.now
 	t.touch()
 }
 
@@ -674,9 +701,6 @@ func (t *Taskscaler) goWork(fn func(ctx context.Context) event) {
 	go func() {
 		defer t.workers.Done()
 		ev := fn(t.life)
-		select {
-		case t.events <- ev:
-		case <-t.done:
-		}
+		t.send(&request{kind: reqEvent, ev: &ev})
 	}()
 }

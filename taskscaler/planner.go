@@ -310,7 +310,10 @@ func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d de
 		}
 	}
 
-	required := c.acquired + d.pending + d.blocked + c.unavailable + c.unhealthy + target
+	// Pending Replace calls that cannot use the free slots left (they are on
+	// instances they excluded) need capacity beyond those slots.
+	blocked := min(d.blocked, c.idle)
+	required := c.acquired + d.pending + blocked + c.unavailable + c.unhealthy + target
 	desired := ceilDiv(required, lim.capacity)
 	if lim.maxInstances > 0 && desired > lim.maxInstances {
 		desired = lim.maxInstances

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -45,13 +46,14 @@ type Taskscaler struct {
 	lim     limits
 	life    context.Context
 	cancel  context.CancelFunc
-	reqs    chan *request
-	events  chan event
-	stopCh  chan struct{}
+	reqs    chan *request // API calls and worker events, to the owner
+	closed  atomic.Bool   // set when the owner stops taking requests
+	senders atomic.Int64  // goroutines between the closed check and their send
 	done    chan struct{} // closed when the owner goroutine has exited
 	drained chan struct{} // closed when shutdown deletion has finished
 	workers sync.WaitGroup
 	hbSem   chan struct{}
+	pool    sync.Pool // of *request
 
 	shutdownOnce sync.Once
 	shutdownErr  error
@@ -101,8 +103,6 @@ func New(ctx context.Context, group provider.InstanceGroup, opts ...Option) (*Ta
 		life:    life,
 		cancel:  cancel,
 		reqs:    make(chan *request, 1024),
-		events:  make(chan event, 1024),
-		stopCh:  make(chan struct{}),
 		done:    make(chan struct{}),
 		drained: make(chan struct{}),
 		hbSem:   make(chan struct{}, 16),
@@ -152,6 +152,7 @@ type request struct {
 	err       error
 	target    *request
 	schedules []compiledSchedule
+	ev        *event
 	reply     chan response
 }
 
@@ -168,6 +169,8 @@ const (
 	reqSchedule
 	reqSync
 	reqShutdown
+	reqStop
+	reqEvent
 )
 
 type response struct {
@@ -176,60 +179,52 @@ type response struct {
 	cap Capacity
 }
 
-var reqPool = sync.Pool{New: func() any { return &request{reply: make(chan response, 1)} }}
-
-func getReq(kind reqKind, key string) *request {
-	r := reqPool.Get().(*request)
+// getReq takes a request from the taskscaler's own pool (per instance, so
+// that channels never cross testing/synctest bubbles).
+func (t *Taskscaler) getReq(kind reqKind, key string) *request {
+	r, _ := t.pool.Get().(*request)
+	if r == nil {
+		r = &request{reply: make(chan response, 1)}
+	}
 	r.kind, r.key = kind, key
 	return r
 }
 
-func putReq(r *request) {
+func (t *Taskscaler) putReq(r *request) {
 	*r = request{reply: r.reply}
-	reqPool.Put(r)
+	t.pool.Put(r)
 }
 
-// send queues r for the owner; false when the owner is gone.
+// send queues r for the owner; false when the owner no longer takes
+// requests. Every request accepted is answered (API calls) or handled
+// (events, Release, Unreserve) before the owner exits, so waiting for the
+// answer needs no other channel.
 func (t *Taskscaler) send(r *request) bool {
-	select {
-	case <-t.done:
-		return false
-	default:
-	}
-	select {
-	case t.reqs <- r:
-		return true
-	case <-t.done:
+	t.senders.Add(1)
+	if t.closed.Load() {
+		t.senders.Add(-1)
 		return false
 	}
+	t.reqs <- r
+	t.senders.Add(-1)
+	return true
 }
 
-// wait returns the owner's answer to r; false when the owner exited
-// without answering.
+// wait returns the owner's answer to an accepted request.
 func (t *Taskscaler) wait(r *request) (response, bool) {
-	select {
-	case resp := <-r.reply:
-		return resp, true
-	case <-t.done:
-		select {
-		case resp := <-r.reply:
-			return resp, true
-		default:
-			return response{}, false
-		}
-	}
+	return <-r.reply, true
 }
 
 // call sends a request and waits for its answer; it returns the request to
 // the pool.
 func (t *Taskscaler) call(kind reqKind, key string) (response, bool) {
-	r := getReq(kind, key)
+	r := t.getReq(kind, key)
 	if !t.send(r) {
 		return response{}, false
 	}
 	resp, ok := t.wait(r)
 	if ok {
-		putReq(r)
+		t.putReq(r)
 	}
 	return resp, ok
 }
@@ -246,7 +241,7 @@ func (t *Taskscaler) ConfigureSchedule(s ...Schedule) error {
 	if err != nil {
 		return fmt.Errorf("taskscaler: invalid schedule: %w", err)
 	}
-	r := getReq(reqSchedule, "")
+	r := t.getReq(reqSchedule, "")
 	r.schedules = compiled
 	if !t.send(r) {
 		return ErrShutdown
@@ -255,7 +250,7 @@ func (t *Taskscaler) ConfigureSchedule(s ...Schedule) error {
 	if !ok {
 		return ErrShutdown
 	}
-	putReq(r)
+	t.putReq(r)
 	return resp.err
 }
 
@@ -279,8 +274,19 @@ func (t *Taskscaler) Reserve(key string) error {
 // Unreserve drops the reservation of key (no job came). Unknown keys and
 // keys that hold an acquired slot are ignored; a key whose Acquire is still
 // waiting has that Acquire fail with ErrNotReserved.
+//
+// Like Release it returns without waiting for the owner; later calls from
+// the same goroutine are processed after it.
 func (t *Taskscaler) Unreserve(key string) {
-	t.call(reqUnreserve, key)
+	t.post(reqUnreserve, key)
+}
+
+// post queues a request nobody waits for; the owner returns it to the pool.
+func (t *Taskscaler) post(kind reqKind, key string) {
+	r := t.getReq(kind, key)
+	if !t.send(r) {
+		t.putReq(r)
+	}
 }
 
 // Acquire turns the reservation of key into a slot on a ready, healthy
@@ -312,7 +318,7 @@ func (t *Taskscaler) acquire(ctx context.Context, kind reqKind, key string) (Acq
 	if ctx.Err() != nil {
 		return nil, context.Cause(ctx)
 	}
-	r := getReq(kind, key)
+	r := t.getReq(kind, key)
 	if !t.send(r) {
 		return nil, ErrShutdown
 	}
@@ -324,17 +330,11 @@ func (t *Taskscaler) acquire(ctx context.Context, kind reqKind, key string) (Acq
 		if t.send(c) {
 			t.wait(c)
 		}
-		var ok bool
-		if resp, ok = t.wait(r); !ok {
-			return nil, ErrShutdown
-		}
-	case <-t.done:
-		var ok bool
-		if resp, ok = t.wait(r); !ok {
-			return nil, ErrShutdown
-		}
+		// The owner answered r before the cancel, because of it, or
+		// with ErrShutdown on exit.
+		resp, _ = t.wait(r)
 	}
-	putReq(r)
+	t.putReq(r)
 	if resp.err != nil {
 		return nil, resp.err
 	}
@@ -343,9 +343,12 @@ func (t *Taskscaler) acquire(ctx context.Context, kind reqKind, key string) (Acq
 
 // Release frees key's slot (the job ended); the instance's idle_time starts
 // again now. For a key that is only reserved it acts as Unreserve. Unknown
-// keys are ignored, so calling it twice is harmless.
+// keys are ignored, so calling it twice is harmless. It returns without
+// waiting for the owner goroutine to process it (the planner wakes at once
+// all the same); calls made afterwards by the same goroutine, such as
+// Capacity or Reserve, see its effect.
 func (t *Taskscaler) Release(key string) {
-	t.call(reqRelease, key)
+	t.post(reqRelease, key)
 }
 
 // Capacity returns a snapshot of the slot accounting. After Shutdown it
@@ -375,8 +378,6 @@ func (t *Taskscaler) Sync(ctx context.Context) error {
 		return resp.err
 	case <-ctx.Done():
 		return ctx.Err()
-	case <-t.done:
-		return ErrShutdown
 	}
 }
 
@@ -415,7 +416,9 @@ func (t *Taskscaler) shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("taskscaler: shutdown ended before %d instances were deleted: %w", n, context.Cause(ctx)))
 		}
 	}
-	close(t.stopCh)
+	if r := (&request{kind: reqStop, reply: make(chan response, 1)}); t.send(r) {
+		t.wait(r)
+	}
 	<-t.done
 	t.cancel()
 	waited := make(chan struct{})

@@ -1,0 +1,93 @@
+package taskscaler
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fleetwright/taskscaler/provider/fake"
+)
+
+// benchViews builds n ready instances of 4 slots: a quarter busy, a quarter
+// partly used, half idle (some past idle_time).
+func benchViews(n int) []view {
+	r := rand.New(rand.NewPCG(1, 2))
+	views := make([]view, n)
+	for i := range views {
+		v := view{phase: phaseReady, useCount: r.IntN(50)}
+		switch i % 4 {
+		case 0:
+			v.acquired = 4
+		case 1:
+			v.acquired = 1 + r.IntN(3)
+		}
+		v.lastUsed = t0.Add(-time.Duration(r.IntN(7200)) * time.Second)
+		views[i] = v
+	}
+	return views
+}
+
+// BenchmarkPlannerPass is one planner pass over 10,000 instances × 4 slots
+// in steady state: thousands of idle instances are past idle_time but the
+// idle target keeps them, so they are sorted every pass and none removed.
+func BenchmarkPlannerPass(b *testing.B) {
+	for _, n := range []int{100, 10_000} {
+		b.Run(fmt.Sprintf("instances=%d", n), func(b *testing.B) {
+			views := benchViews(n)
+			lim := limits{capacity: 4}
+			pol := policy{idleCount: 4 * n, idleTime: 30 * time.Minute, scaleFactor: 0.5}
+			var pl planner
+			p := pl.plan(t0, views, pol, lim, demand{reserved: 10})
+			if len(p.remove) != 0 {
+				b.Fatalf("steady state expected, got %d removals", len(p.remove))
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				pl.plan(t0, views, pol, lim, demand{reserved: 10})
+			}
+		})
+	}
+}
+
+// BenchmarkRoundTripParallel measures Reserve+Acquire+Release round trips
+// with warm capacity, 64 goroutines.
+func BenchmarkRoundTripParallel(b *testing.B) {
+	g := fake.New(fake.Config{})
+	ts, err := New(context.Background(), g, WithCapacityPerInstance(8), WithMaxInstances(16),
+		WithUpdateIntervalWhenExpecting(time.Millisecond))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ts.Shutdown(context.Background())
+	if err := ts.ConfigureSchedule(Schedule{IdleCount: 128, IdleTime: time.Hour, PreemptiveMode: new(false)}); err != nil {
+		b.Fatal(err)
+	}
+	for ts.Capacity().Idle < 128 {
+		time.Sleep(time.Millisecond)
+	}
+	var seq atomic.Int64
+	b.SetParallelism(32) // 64 goroutines on 2 cores
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		ctx := context.Background()
+		for pb.Next() {
+			key := fmt.Sprint("k", seq.Add(1))
+			if err := ts.Reserve(key); err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := ts.Acquire(ctx, key); err != nil {
+				b.Error(err)
+				return
+			}
+			ts.Release(key)
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "roundtrips/s")
+}
