@@ -52,6 +52,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -89,8 +90,8 @@ type Group struct {
 
 	mu         sync.Mutex // serialises Increase and Decrease
 	log        *zap.Logger
-	inited     bool
-	shutdown   bool
+	inited     atomic.Bool // set at the end of Init, after the fields below
+	shutdown   atomic.Bool
 	lock       *os.File
 	settings   provider.Settings
 	key        []byte // private key handed out in ConnectInfo
@@ -146,7 +147,7 @@ func (g *Group) Config() Config { return g.cfg }
 func (g *Group) Init(ctx context.Context, logger *zap.Logger, settings provider.Settings) (provider.Info, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.inited {
+	if g.inited.Load() {
 		return provider.Info{}, errors.New("local provider: Init called twice")
 	}
 	if logger != nil {
@@ -184,8 +185,8 @@ func (g *Group) Init(ctx context.Context, logger *zap.Logger, settings provider.
 		g.username = u.Username
 	}
 	g.lock = lock
-	g.inited = true
 	g.cleanup()
+	g.inited.Store(true)
 	return provider.Info{
 		ID:        "local/" + dir,
 		MaxSize:   g.cfg.MaxSize,
@@ -282,10 +283,10 @@ func (g *Group) cleanup() {
 }
 
 func (g *Group) usable() error {
-	if !g.inited {
+	if !g.inited.Load() {
 		return errors.New("local provider: Init has not been called")
 	}
-	if g.shutdown {
+	if g.shutdown.Load() {
 		return errors.New("local provider: the group was shut down")
 	}
 	return nil
@@ -329,10 +330,7 @@ func (g *Group) ids() ([]string, error) {
 // its SSH port accepts connections, deleting during a deletion, and timeout
 // when the process is gone (crash, reboot) or its port stopped answering.
 func (g *Group) Update(ctx context.Context, fn func(id string, state provider.State)) error {
-	g.mu.Lock()
-	err := g.usable()
-	g.mu.Unlock()
-	if err != nil {
+	if err := g.usable(); err != nil {
 		return err
 	}
 	ids, err := g.ids()
@@ -623,10 +621,7 @@ func removeAll(path string) error {
 // refuses connections, as a booting VM's would; the connector retries. It
 // returns an ErrNotFound-class error for an unknown id.
 func (g *Group) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
-	g.mu.Lock()
-	err := g.usable()
-	g.mu.Unlock()
-	if err != nil {
+	if err := g.usable(); err != nil {
 		return provider.ConnectInfo{}, err
 	}
 	notFound := &provider.Error{Class: provider.ErrNotFound, Op: "connect_info", ID: id}
@@ -674,10 +669,7 @@ func (g *Group) ConnectInfo(ctx context.Context, id string) (provider.ConnectInf
 // port answering), an ErrNotFound-class error when it does not exist and an
 // ErrInstanceUnhealthy-class error otherwise.
 func (g *Group) Heartbeat(ctx context.Context, id string) error {
-	g.mu.Lock()
-	err := g.usable()
-	g.mu.Unlock()
-	if err != nil {
+	if err := g.usable(); err != nil {
 		return err
 	}
 	if !validID(id) {
@@ -703,10 +695,10 @@ func (g *Group) Heartbeat(ctx context.Context, id string) error {
 func (g *Group) Shutdown(ctx context.Context) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.shutdown {
+	if g.shutdown.Load() {
 		return nil
 	}
-	g.shutdown = true
+	g.shutdown.Store(true)
 	if g.lock != nil {
 		g.lock.Close()
 		g.lock = nil
