@@ -154,6 +154,9 @@ func runJob(t *testing.T, ctx context.Context, home string, job *gitlab.Job, mod
 		mod(&opts)
 	}
 	res := jobexec.Run(ctx, opts)
+	if out := tr.String(); strings.Contains(out, "__ir_") || strings.Contains(out, "Terminated") {
+		t.Errorf("the stage wrapper leaks into the trace:\n%s", out)
+	}
 	return res, tr
 }
 

@@ -300,9 +300,10 @@ func (e *execution) run(ctx context.Context, p *plan, sources string) Result {
 		err = e.stage(scriptCtx, "step_script", "Executing \"step_script\" stage of the job script",
 			p.stageScript("running", p.scriptBody(e.opts.PreBuildScript, e.opts.PostBuildScript)))
 	}
-	res = e.outcome(ctx, jobCtx, scriptCtx, err, res, timeout)
+	res, final := e.outcome(ctx, jobCtx, scriptCtx, err, res, timeout)
 	if ctx.Err() != nil {
 		// Abort: stop at once.
+		e.printf("%s", final)
 		return res
 	}
 	if scriptRan && p.afterScript != nil && len(p.afterScript.Script) > 0 {
@@ -316,51 +317,55 @@ func (e *execution) run(ctx context.Context, p *plan, sources string) Result {
 			return res
 		}
 	}
-	switch {
-	case res.State == gitlab.StateSuccess:
-		e.printf("%sJob succeeded%s\n", ansiBoldGreen, ansiReset)
-	case res.FailureReason == gitlab.ScriptFailure:
-		e.printf("%sERROR: Job failed: exit code %d%s\n", ansiBoldRed, res.ExitCode, ansiReset)
-	}
+	e.printf("%s", final)
 	return res
 }
 
-// outcome maps how stages 1-2 ended to a Result, writing the trace line
-// that says why.
-func (e *execution) outcome(ctx, jobCtx, scriptCtx context.Context, err error, res Result, timeout time.Duration) Result {
+// outcome maps how stages 1-2 ended to a Result and the trace line that
+// says so, written last (after after_script), as GitLab Runner.
+func (e *execution) outcome(ctx, jobCtx, scriptCtx context.Context, err error, res Result, timeout time.Duration) (Result, string) {
+	red := func(format string, args ...any) string {
+		return "\n" + ansiBoldRed + fmt.Sprintf(format, args...) + ansiReset + "\n"
+	}
 	switch {
 	case ctx.Err() != nil:
 		cause := context.Cause(ctx)
-		e.printf("\n%sERROR: Job aborted: %v%s\n", ansiBoldRed, cause, ansiReset)
 		e.log.Info("job aborted", zap.Error(cause))
 		res.State, res.FailureReason, res.Canceled, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, true, cause
+		return res, red("ERROR: Job aborted: %v", cause)
+	case err == nil && res.ScriptStarted:
+		// step_script finished with 0, even if a deadline passed just
+		// after.
+		res.State = gitlab.StateSuccess
+		return res, ansiBoldGreen + "Job succeeded" + ansiReset + "\n"
 	case errors.Is(context.Cause(jobCtx), errJobTimeout):
-		e.printf("\n%sERROR: Job failed: execution took longer than %s seconds%s\n", ansiBoldRed, formatSeconds(timeout), ansiReset)
 		e.log.Info("job timed out", zap.Duration("timeout", timeout))
 		res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.JobExecutionTimeout, errJobTimeout
+		return res, red("ERROR: Job failed: execution took longer than %s seconds", formatSeconds(timeout))
 	case errors.Is(context.Cause(scriptCtx), errCanceled):
-		e.printf("\n%sERROR: Job failed: canceled%s\n", ansiBoldRed, ansiReset)
 		e.log.Info("job canceled")
 		res.State, res.FailureReason, res.Canceled, res.Err = gitlab.StateFailed, gitlab.UnknownFailure, true, errCanceled
+		return res, red("ERROR: Job failed: canceled")
 	case err == nil:
-		res.State = gitlab.StateSuccess
-	default:
-		var ec exitCoder
-		if errors.As(err, &ec) {
-			code := ec.ExitCode()
-			res.State, res.FailureReason, res.ExitCode, res.Err = gitlab.StateFailed, gitlab.ScriptFailure, code, err
-			if !res.ScriptStarted && code == 127 {
-				// bash or git missing on the instance.
-				res.FailureReason = gitlab.RunnerSystemFailure
-				e.printf("%sERROR: Job failed (system failure): a command needed to fetch the sources was not found on instance %s (exit code 127); install bash and git there%s\n", ansiBoldRed, e.opts.InstanceID, ansiReset)
-			}
-			return res
-		}
-		e.printf("\n%sERROR: Job failed (system failure): lost the connection to instance %s: %v%s\n", ansiBoldRed, e.opts.InstanceID, err, ansiReset)
-		e.log.Warn("job failed: runner error", zap.Error(err))
-		res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, err
+		// Cannot happen: get_sources succeeded without the script
+		// starting only when scriptCtx ended, handled above.
+		res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, errors.New("jobexec: the script did not start")
+		return res, red("ERROR: Job failed (system failure): the script did not start")
 	}
-	return res
+	var ec exitCoder
+	if errors.As(err, &ec) {
+		code := ec.ExitCode()
+		res.State, res.FailureReason, res.ExitCode, res.Err = gitlab.StateFailed, gitlab.ScriptFailure, code, err
+		if !res.ScriptStarted && code == 127 {
+			// bash or git missing on the instance.
+			res.FailureReason = gitlab.RunnerSystemFailure
+			return res, red("ERROR: Job failed (system failure): a command needed to fetch the sources was not found on instance %s (exit code 127); install bash and git there", e.opts.InstanceID)
+		}
+		return res, red("ERROR: Job failed: exit code %d", code)
+	}
+	e.log.Warn("job failed: runner error", zap.Error(err))
+	res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, err
+	return res, red("ERROR: Job failed (system failure): lost the connection to instance %s: %v", e.opts.InstanceID, err)
 }
 
 func formatSeconds(d time.Duration) string {

@@ -243,6 +243,9 @@ func TestRunTimeout(t *testing.T) {
 	if strings.Contains(out, "never-printed") {
 		t.Errorf("script went on after the timeout; trace:\n%s", out)
 	}
+	if strings.Index(out, "execution took longer") < strings.Index(out, "after status=failed") {
+		t.Errorf("the final error line is not the last line; trace:\n%s", out)
+	}
 }
 
 func TestRunAfterScriptTimeout(t *testing.T) {

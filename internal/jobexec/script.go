@@ -216,8 +216,12 @@ func (p *plan) buildVariables(o *Options) {
 
 // stageScript wraps body (bash run with `set -eo pipefail` in its own
 // process group) with the variables; the wrapper forwards SIGTERM/SIGINT/
-// SIGHUP to the whole group (SIGKILL 10 s later) so that cancelling a job
-// stops every process it started, and removes the file variables at the end.
+// SIGHUP to the whole group (SIGKILL 10 s later, from a helper in a group
+// of its own so that a SIGKILL of the session's group spares it) so that
+// cancelling a job stops every process it started, and removes the file
+// variables at the end. The wrapper's own stderr goes to /dev/null once
+// the body runs, so bash's job notices ("[1]+ Terminated …") stay out of
+// the trace.
 func (p *plan) stageScript(jobStatus string, body string) string {
 	var b strings.Builder
 	b.Grow(len(p.prelude) + len(body) + 1024)
@@ -231,6 +235,7 @@ func (p *plan) stageScript(jobStatus string, body string) string {
 	b.WriteString(`set -m
 __ir_main </dev/null &
 __ir_pid=$!
+exec 2>/dev/null
 __ir_stop() {
   trap - TERM INT HUP
   kill -TERM -- -"$__ir_pid" 2>/dev/null
