@@ -9,9 +9,9 @@ import (
 func TestScheduleLastMatchWinsInTimezone(t *testing.T) {
 	on := true
 	scheds, err := compileSchedules([]Schedule{
-		{IdleCount: 1, IdleTime: time.Minute},                                                                  // always
+		{IdleCount: 1, IdleTime: time.Minute}, // always
 		{Periods: []string{"* 8-17 * * MON-FRI"}, Timezone: "Europe/Berlin", IdleCount: 10, IdleTime: time.Hour}, // office hours in Berlin
-		{Periods: []string{"0-29 12 * * *"}, Timezone: "Europe/Berlin", IdleCount: 0, PreemptiveMode: &on},      // lunch
+		{Periods: []string{"0-29 12 * * *"}, Timezone: "Europe/Berlin", IdleCount: 0, PreemptiveMode: &on},       // lunch
 	})
 	if err != nil {
 		t.Fatal(err)
