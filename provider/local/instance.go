@@ -28,6 +28,9 @@ const (
 	// envReadyFD names the file descriptor on which the instance reports
 	// that it started (then closes it).
 	envReadyFD = "TASKSCALER_LOCAL_READY_FD"
+	// envSocketFD names the file descriptor of the instance's SSH socket,
+	// bound by the manager to the port in its spec, not yet listening.
+	envSocketFD = "TASKSCALER_LOCAL_SOCKET_FD"
 	// EnvSandbox is set, in every command an instance runs, to the
 	// instance's sandbox directory. Deleting the instance also kills
 	// processes that carry it, even if they left the instance's session.
@@ -54,11 +57,10 @@ type instanceSpec struct {
 	AuthorizedKeys string `json:"authorized_keys"`
 	// Password, when set, is accepted for password authentication.
 	Password string `json:"password,omitempty"`
-	// Port is the SSH port on 127.0.0.1 chosen by the manager, so that
-	// ConnectInfo can be given while the instance boots (connections are
-	// refused until then, as with a booting VM). If it is taken by the time
-	// the instance listens, the instance picks another and records it in
-	// its state.
+	// Port is the SSH port on 127.0.0.1, reserved by the manager (a bound
+	// socket handed to the instance), so that ConnectInfo can be given while
+	// the instance boots: connections are refused until it listens, as
+	// with a booting VM.
 	Port int `json:"port"`
 }
 
@@ -157,9 +159,15 @@ func serveInstance(dir string, log *zap.Logger) error {
 	if fd, err := strconv.Atoi(os.Getenv(envReadyFD)); err == nil && fd > 2 {
 		ready = os.NewFile(uintptr(fd), "ready")
 	}
+	sockFD := -1
+	if fd, err := strconv.Atoi(os.Getenv(envSocketFD)); err == nil && fd > 2 {
+		sockFD = fd
+		syscall.CloseOnExec(fd) // commands must not inherit it
+	}
 	// The environment of commands must not make them instances too.
 	os.Unsetenv(EnvInstance)
 	os.Unsetenv(envReadyFD)
+	os.Unsetenv(envSocketFD)
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
@@ -221,11 +229,7 @@ func serveInstance(dir string, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port)))
-	if err != nil && spec.Port != 0 {
-		log.Warn("assigned SSH port taken; listening on another", zap.Int("port", spec.Port), zap.Error(err))
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-	}
+	ln, err := listen(sockFD, spec.Port)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -251,6 +255,24 @@ func serveInstance(dir string, log *zap.Logger) error {
 		}
 		return err
 	}
+}
+
+// listen starts listening on the socket the manager bound for us (fd), or,
+// without one, on port of 127.0.0.1 (any port if that is taken).
+func listen(fd, port int) (net.Listener, error) {
+	if fd > 2 {
+		if err := syscall.Listen(fd, syscall.SOMAXCONN); err != nil {
+			return nil, err
+		}
+		f := os.NewFile(uintptr(fd), "ssh-socket")
+		defer f.Close()
+		return net.FileListener(f)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil && port != 0 {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	return ln, err
 }
 
 // watchInterval is how often an instance checks that its directory still

@@ -459,10 +459,14 @@ func (g *Group) spawn() error {
 	if err := writeFileAtomic(filepath.Join(tmp, hostKeyFile), hostPEM); err != nil {
 		return fail(err)
 	}
-	port, err := freePort()
+	// The SSH port is reserved now, as a bound but not yet listening
+	// socket handed to the instance: connections are refused until it
+	// listens after boot_delay, and no other program can take the port.
+	sock, port, err := reservePort()
 	if err != nil {
 		return fail(err)
 	}
+	defer sock.Close()
 	spec := instanceSpec{
 		Port:           port,
 		ID:             id,
@@ -478,7 +482,7 @@ func (g *Group) spawn() error {
 	if err := os.Rename(tmp, dir); err != nil {
 		return fail(err)
 	}
-	if err := g.start(id, dir); err != nil {
+	if err := g.start(id, dir, sock); err != nil {
 		_ = removeAll(dir)
 		return fmt.Errorf("local provider: start instance %s: %w", id, err)
 	}
@@ -486,9 +490,10 @@ func (g *Group) spawn() error {
 	return nil
 }
 
-// start runs the instance process for dir and waits until it reports that
-// it read its spec and recorded its pid.
-func (g *Group) start(id, dir string) error {
+// start runs the instance process for dir, handing it sock (its SSH
+// socket), and waits until it reports that it read its spec and recorded
+// its pid.
+func (g *Group) start(id, dir string, sock *os.File) error {
 	logf, err := os.OpenFile(filepath.Join(dir, logFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
@@ -502,8 +507,8 @@ func (g *Group) start(id, dir string) error {
 	// The arguments make a program that forgot RunInstanceIfRequested
 	// stop at once: a test binary runs no test, others reject the flag.
 	cmd := exec.Command(g.exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), EnvInstance+"="+dir, envReadyFD+"=3")
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.Env = append(os.Environ(), EnvInstance+"="+dir, envReadyFD+"=3", envSocketFD+"=4")
+	cmd.ExtraFiles = []*os.File{w, sock}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = filepath.Join(dir, sandboxDir)
 	// A session (and process group) of its own: no terminal signals from
@@ -590,14 +595,29 @@ func (g *Group) destroy(id string) error {
 	return nil
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// reservePort binds a TCP socket to a free port of 127.0.0.1 without
+// listening, and returns it (close-on-exec) with its port.
+func reservePort() (*os.File, int, error) {
+	syscall.ForkLock.RLock()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return nil, 0, fmt.Errorf("reserve SSH port: %w", err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		syscall.Close(fd)
+		return nil, 0, fmt.Errorf("reserve SSH port: %w", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	in4, ok := sa.(*syscall.SockaddrInet4)
+	if err != nil || !ok {
+		syscall.Close(fd)
+		return nil, 0, fmt.Errorf("reserve SSH port: getsockname: %v", err)
+	}
+	return os.NewFile(uintptr(fd), "ssh-socket"), in4.Port, nil
 }
 
 // removeAll is os.RemoveAll that also removes directories a job made

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -376,8 +377,18 @@ func TestBootDelay(t *testing.T) {
 	if err := g.Heartbeat(testCtx(t), id); !provider.IsInstanceUnhealthy(err) {
 		t.Errorf("Heartbeat while booting: %v", err)
 	}
-	// ConnectInfo works while booting; the connector retries the refused
-	// connections until the instance listens.
+	// ConnectInfo works while booting; the port is reserved but refuses
+	// connections, and the connector retries until the instance listens.
+	info, err := g.ConnectInfo(testCtx(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conn, err := net.Dial("tcp", info.InternalAddr); err == nil {
+		conn.Close()
+		t.Fatal("the SSH port accepts connections while the instance boots")
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial while booting: %v, want connection refused", err)
+	}
 	c := connect(t, g, id)
 	if err := c.Run(testCtx(t), connector.RunOptions{Command: "true"}); err != nil {
 		t.Fatal(err)
