@@ -32,12 +32,14 @@
 package aws
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -45,6 +47,7 @@ import (
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
@@ -265,6 +268,10 @@ func New(cfg Config, opts ...Option) (*Group, error) {
 		return nil, fmt.Errorf("aws: loading the AWS SDK configuration (profile %q, config_file %q, credentials_file %q): %w",
 			cfg.Profile, cfg.ConfigFile, cfg.CredentialsFile, err)
 	}
+	if awsCfg.HTTPClient == nil {
+		awsCfg.HTTPClient = awshttp.NewBuildableClient()
+	}
+	awsCfg.HTTPClient = bufferedBodyClient{awsCfg.HTTPClient}
 	if awsCfg.Region == "" {
 		return nil, errors.New(`aws: no AWS region: set plugin_config region (e.g. region = "us-east-1"), AWS_REGION, or a region in the shared config profile`)
 	}
@@ -402,6 +409,30 @@ func (g *Group) logger() *zap.Logger {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.log
+}
+
+// bufferedBodyClient hands the transport a private in-memory copy of each
+// request body. The SDK closes its own request body as soon as Do returns;
+// when Go's transport has not yet finished its final read of that body (it
+// reads once more after Content-Length bytes to check for EOF), the closed
+// body fails the write loop and the transport closes the connection while
+// the response body is still being read, failing a large DescribeInstances
+// response with "use of closed network connection" (seen with the EC2
+// client on responses of a few tens of kilobytes). Our request bodies are
+// small forms and JSON documents, so the copy is cheap.
+type bufferedBodyClient struct{ next awssdk.HTTPClient }
+
+func (c bufferedBodyClient) Do(req *http.Request) (*http.Response, error) {
+	if req.Body != nil && req.Body != http.NoBody {
+		b, err := io.ReadAll(req.Body)
+		if err != nil {
+			return nil, fmt.Errorf("aws: reading the request body: %w", err)
+		}
+		req.Body = io.NopCloser(bytes.NewReader(b))
+		req.ContentLength = int64(len(b))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+	}
+	return c.next.Do(req)
 }
 
 var (

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 )
@@ -81,16 +80,12 @@ func ParseConfig(raw []byte) (Config, error) {
 		return cfg, fmt.Errorf("aws plugin_config: unknown key(s) %s; known keys are %s (credentials, endpoints and retries come from the AWS SDK's standard configuration, e.g. AWS_PROFILE, AWS_ENDPOINT_URL)",
 			quoteAll(unknown), quoteAll(knownKeys))
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(&cfg); err != nil {
+	if err := json.Unmarshal(raw, &cfg); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return cfg, fmt.Errorf("aws plugin_config: key %q must be a string, got a JSON %s", te.Field, te.Value)
 		}
 		return cfg, fmt.Errorf("aws plugin_config: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return cfg, errors.New("aws plugin_config: trailing data after the JSON object")
 	}
 	if err := cfg.Validate(); err != nil {
 		return cfg, err

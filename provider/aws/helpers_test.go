@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	ec2types "github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/fleetwright/taskscaler/provider"
@@ -74,4 +75,14 @@ func list(t testing.TB, g *Group) map[string]provider.State {
 		t.Fatalf("Update: %v", err)
 	}
 	return m
+}
+
+var staticCreds = credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "")
+
+func ec2Instance(id, ip string, tags map[string]string) ec2types.Instance {
+	in := ec2types.Instance{InstanceId: &id, PrivateIpAddress: &ip, State: &ec2types.InstanceState{Name: ec2types.InstanceStateNameRunning}}
+	for k, v := range tags {
+		in.Tags = append(in.Tags, ec2types.Tag{Key: &k, Value: &v})
+	}
+	return in
 }

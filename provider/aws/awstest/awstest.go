@@ -36,11 +36,13 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -443,9 +445,9 @@ func (s *Server) advanceLocked() {
 					in.ec2State = "running"
 				}
 			}
-			if in.reclaimed && in.lifecycle != LifecycleTerminating && !now.Before(in.reclaimedAt.Add(s.opts.ReclaimDetectDelay)) {
+			if detect := in.reclaimedAt.Add(s.opts.ReclaimDetectDelay); in.reclaimed && in.lifecycle != LifecycleTerminating && !now.Before(detect) {
 				in.health = "Unhealthy"
-				s.startTerminate(in, now)
+				s.startTerminate(in, detect)
 			}
 			if in.lifecycle == LifecycleTerminating && !now.Before(in.terminateAt) {
 				in.ec2State = "terminated"
@@ -593,9 +595,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		apiErr.write(w, svc)
 		return
 	}
+	out := strings.ReplaceAll(body, "{{RequestId}}", reqID)
 	w.Header().Set("Content-Type", "text/xml")
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
 	w.Header().Set("x-amzn-RequestId", reqID)
-	fmt.Fprint(w, strings.ReplaceAll(body, "{{RequestId}}", reqID))
+	io.WriteString(w, out)
 }
 
 const (

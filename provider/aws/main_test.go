@@ -1,0 +1,26 @@
+package aws
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestMain keeps the developer's AWS environment out of the tests: no
+// profile, shared files, CA bundle, endpoint or IMDS lookups leak in.
+// When TASKSCALER_AWS_GROUP is set (the awsintegration test against a real
+// group), the environment is left alone.
+func TestMain(m *testing.M) {
+	if os.Getenv("TASKSCALER_AWS_GROUP") != "" {
+		os.Exit(m.Run())
+	}
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "AWS_") {
+			os.Unsetenv(k)
+		}
+	}
+	os.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	os.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	os.Exit(m.Run())
+}
