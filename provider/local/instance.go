@@ -205,7 +205,9 @@ func serveInstance(dir string, log *zap.Logger) error {
 	go watchDir(dir, orphaned)
 
 	// Boot: the port stays closed until the boot delay has passed.
-	if wait := time.Until(spec.CreatedAt.Add(time.Duration(spec.BootDelay))); wait > 0 {
+	// It counts from the process start, so that a slow start cannot eat
+	// the creating phase up.
+	if wait := time.Until(st.StartedAt.Add(time.Duration(spec.BootDelay))); wait > 0 {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
