@@ -197,3 +197,65 @@ func testRepo(t *testing.T) (string, []string) {
 	}
 	return dir, shas
 }
+
+// fakeTimers is an injected AfterFunc: timers fire only when the test
+// says so.
+type fakeTimers struct {
+	mu     sync.Mutex
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	d       time.Duration
+	f       func()
+	stopped bool
+}
+
+func (c *fakeTimers) AfterFunc(d time.Duration, f func()) func() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tm := &fakeTimer{d: d, f: f}
+	c.timers = append(c.timers, tm)
+	return func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		was := !tm.stopped
+		tm.stopped = true
+		return was
+	}
+}
+
+// fire runs the pending timers of duration d and reports how many.
+func (c *fakeTimers) fire(d time.Duration) int {
+	c.mu.Lock()
+	var due []func()
+	for _, tm := range c.timers {
+		if tm.d == d && !tm.stopped {
+			tm.stopped = true
+			due = append(due, tm.f)
+		}
+	}
+	c.mu.Unlock()
+	for _, f := range due {
+		f()
+	}
+	return len(due)
+}
+
+// runAsync starts Run and returns a channel with its result.
+func runAsync(ctx context.Context, opts jobexec.Options) <-chan jobexec.Result {
+	done := make(chan jobexec.Result, 1)
+	go func() { done <- jobexec.Run(ctx, opts) }()
+	return done
+}
+
+func waitResult(t *testing.T, done <-chan jobexec.Result, tr *traceBuf) jobexec.Result {
+	t.Helper()
+	select {
+	case res := <-done:
+		return res
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Run did not return; trace:\n%s", tr)
+		return jobexec.Result{}
+	}
+}

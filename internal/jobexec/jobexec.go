@@ -94,6 +94,10 @@ type Options struct {
 	Logger *zap.Logger
 	// Now is the clock for trace section timestamps; nil means time.Now.
 	Now func() time.Time
+	// AfterFunc starts the job and after_script timeout timers: it calls
+	// f once d has passed and returns a function that stops the timer.
+	// Nil means time.AfterFunc; tests inject a fake clock here.
+	AfterFunc func(d time.Duration, f func()) (stop func() bool)
 	// RunnerInfo names the runner in the trace and CI_RUNNER_* variables.
 	RunnerInfo RunnerInfo
 	// Timeout, when > 0, replaces the job timeout from
@@ -241,6 +245,14 @@ type execution struct {
 	trace *Masker
 }
 
+// afterFunc starts a timer with the injected clock.
+func (e *execution) afterFunc(d time.Duration, f func()) (stop func() bool) {
+	if e.opts.AfterFunc != nil {
+		return e.opts.AfterFunc(d, f)
+	}
+	return time.AfterFunc(d, f).Stop
+}
+
 func (e *execution) printf(format string, args ...any) {
 	fmt.Fprintf(e.trace, format, args...)
 }
@@ -272,8 +284,9 @@ func (e *execution) run(ctx context.Context, p *plan, sources string) Result {
 			timeout = DefaultJobTimeout
 		}
 	}
-	jobCtx, cancelJob := context.WithTimeoutCause(ctx, timeout, errJobTimeout)
-	defer cancelJob()
+	jobCtx, cancelJob := context.WithCancelCause(ctx)
+	defer cancelJob(nil)
+	defer e.afterFunc(timeout, func() { cancelJob(errJobTimeout) })()
 	scriptCtx, cancelScript := context.WithCancelCause(jobCtx)
 	defer cancelScript(nil)
 	if e.opts.Cancel != nil {
@@ -397,8 +410,9 @@ func (e *execution) afterScript(ctx context.Context, p *plan, res Result) {
 			e.printf("%sWARNING: ignoring RUNNER_AFTER_SCRIPT_TIMEOUT %q: want a duration such as 10m%s\n", ansiYellow, s, ansiReset)
 		}
 	}
-	actx, cancel := context.WithTimeoutCause(ctx, timeout, errJobTimeout)
-	defer cancel()
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer e.afterFunc(timeout, func() { cancel(errJobTimeout) })()
 	err := e.stage(actx, "after_script", "Running after_script", p.stageScript(status, p.afterScriptBody()))
 	var ec exitCoder
 	switch {

@@ -226,16 +226,20 @@ func TestRunTimeout(t *testing.T) {
 	home := t.TempDir()
 	job := newJob([]string{"echo started", "sleep 60", "echo never-printed"}, []string{`echo "after status=$CI_JOB_STATUS"`})
 	job.RunnerInfo.Timeout = 3600
-	start := time.Now()
-	res, tr := runJob(t, context.Background(), home, job, func(o *jobexec.Options) { o.Timeout = 300 * time.Millisecond })
+	clock := &fakeTimers{}
+	tr := &traceBuf{}
+	started := tr.appeared("started\n")
+	done := runAsync(context.Background(), jobexec.Options{Job: job, Run: localRunner(home), Trace: tr, AfterFunc: clock.AfterFunc})
+	waitFor(t, started, "the script to start", tr)
+	if n := clock.fire(3600 * time.Second); n != 1 {
+		t.Fatalf("%d job timers of 3600 s, want 1", n)
+	}
+	res := waitResult(t, done, tr)
 	out := tr.String()
-	if res.State != gitlab.StateFailed || res.FailureReason != gitlab.JobExecutionTimeout || res.Canceled {
+	if res.State != gitlab.StateFailed || res.FailureReason != gitlab.JobExecutionTimeout || res.Canceled || !res.ScriptStarted {
 		t.Fatalf("result = %+v, want failed/job_execution_timeout; trace:\n%s", res, out)
 	}
-	if time.Since(start) > 25*time.Second {
-		t.Errorf("Run took %s: the script's sleep was not stopped at the timeout", time.Since(start))
-	}
-	for _, w := range []string{"started\n", "execution took longer than 0.3 seconds", "after status=failed\n"} {
+	for _, w := range []string{"started\n", "execution took longer than 3600 seconds", "after status=failed\n"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("trace lacks %q; trace:\n%s", w, out)
 		}
@@ -248,9 +252,47 @@ func TestRunTimeout(t *testing.T) {
 	}
 }
 
+func TestRunDefaultTimeouts(t *testing.T) {
+	for _, tc := range []struct {
+		seconds int
+		opt     time.Duration
+		want    time.Duration
+	}{
+		{0, 0, 2 * time.Hour},
+		{-5, 0, 2 * time.Hour},
+		{90, 0, 90 * time.Second},
+		{90, time.Minute, time.Minute},
+	} {
+		clock := &fakeTimers{}
+		job := newJob([]string{"true"}, []string{"true"})
+		job.RunnerInfo.Timeout = tc.seconds
+		res, tr := runJob(t, context.Background(), t.TempDir(), job, func(o *jobexec.Options) {
+			o.AfterFunc, o.Timeout = clock.AfterFunc, tc.opt
+		})
+		if res.State != gitlab.StateSuccess {
+			t.Fatalf("result = %+v; trace:\n%s", res, tr)
+		}
+		var ds []time.Duration
+		for _, tm := range clock.timers {
+			ds = append(ds, tm.d)
+		}
+		if len(ds) != 2 || ds[0] != tc.want || ds[1] != jobexec.DefaultAfterScriptTimeout {
+			t.Errorf("timeout %d s, option %s: timers %v, want [%s %s]", tc.seconds, tc.opt, ds, tc.want, jobexec.DefaultAfterScriptTimeout)
+		}
+	}
+}
+
 func TestRunAfterScriptTimeout(t *testing.T) {
-	job := newJob([]string{"echo ok"}, []string{"sleep 60"})
-	res, tr := runJob(t, context.Background(), t.TempDir(), job, func(o *jobexec.Options) { o.AfterScriptTimeout = 200 * time.Millisecond })
+	clock := &fakeTimers{}
+	job := newJob([]string{"echo ok"}, []string{"echo after-started; sleep 60"}, gitlab.Variable{Key: "RUNNER_AFTER_SCRIPT_TIMEOUT", Value: "90s"})
+	tr := &traceBuf{}
+	started := tr.appeared("after-started\n")
+	done := runAsync(context.Background(), jobexec.Options{Job: job, Run: localRunner(t.TempDir()), Trace: tr, AfterFunc: clock.AfterFunc})
+	waitFor(t, started, "after_script to start", tr)
+	if n := clock.fire(90 * time.Second); n != 1 {
+		t.Fatalf("%d after_script timers of 90 s (RUNNER_AFTER_SCRIPT_TIMEOUT), want 1", n)
+	}
+	res := waitResult(t, done, tr)
 	if res.State != gitlab.StateSuccess {
 		t.Fatalf("result = %+v, want success (after_script timeout does not fail the job)", res)
 	}
