@@ -112,7 +112,8 @@ func (c *Client) dialConn(ctx context.Context, info provider.ConnectInfo) (*conn
 	sc, err := backoff.Retry(dctx, func() (*ssh.Client, error) {
 		attempts++
 		sc, err := dialOnce(dctx, addr, cfg, c.opts.DialFunc)
-		if err != nil {
+		var perm *backoff.PermanentError
+		if err != nil && !errors.As(err, &perm) {
 			last = err
 		}
 		return sc, err

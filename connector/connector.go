@@ -234,7 +234,7 @@ func dialOnce(ctx context.Context, addr string, cfg *ssh.ClientConfig, dial Dial
 			return nil, backoff.Permanent(err)
 		}
 		if isAuthError(err) {
-			return nil, backoff.Permanent(fmt.Errorf("%w: user %q: %v", ErrAuth, cfg.User, err))
+			return nil, backoff.Permanent(fmt.Errorf("%w for user %q (check connector_config.username and key_path or password, or the provider's credentials): %v", ErrAuth, cfg.User, err))
 		}
 		return nil, err
 	}

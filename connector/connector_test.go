@@ -280,6 +280,9 @@ func TestHostKeyFromConnectInfo(t *testing.T) {
 	if n := srv.Accepted(); n != 1 {
 		t.Errorf("a host key mismatch was retried: %d connections", n)
 	}
+	if strings.Count(err.Error(), "presented") != 1 {
+		t.Errorf("error repeats itself: %q", err)
+	}
 }
 
 func TestHostKeyPinning(t *testing.T) {
