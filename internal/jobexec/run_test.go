@@ -503,3 +503,22 @@ func TestRunGitMissingIsSystemFailure(t *testing.T) {
 		t.Errorf("trace lacks the hint:\n%s", tr)
 	}
 }
+
+// TestRunKeepsSessionPath: the login profile may reset PATH (Debian's
+// /etc/profile does); directories of the session's PATH come back after
+// it, so tools the instance user had stay available.
+func TestRunKeepsSessionPath(t *testing.T) {
+	home := t.TempDir()
+	bin := filepath.Join(t.TempDir(), "tools bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bin, "ir-test-tool"), []byte("#!/bin/sh\necho tool-ran\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", os.Getenv("PATH")+":"+bin)
+	res, tr := runJob(t, context.Background(), home, newJob([]string{"ir-test-tool", `echo "$PATH" | tr : '\n' | grep -c -x -F '` + bin + `'`}, nil), nil)
+	if res.State != gitlab.StateSuccess || !strings.Contains(tr.String(), "tool-ran\n") || !strings.Contains(tr.String(), "\n1\n") {
+		t.Fatalf("result = %+v; trace:\n%s", res, tr)
+	}
+}
