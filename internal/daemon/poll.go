@@ -83,6 +83,8 @@ type poller struct {
 	log           *zap.Logger
 	// isForbidden reports a 403 answer to jobs/request.
 	isForbidden func(error) bool
+	// outcome, when set, counts each poll: job, empty, error, no_capacity.
+	outcome func(string)
 
 	mu        sync.Mutex
 	released  chan struct{} // closed and replaced whenever a job ends
@@ -151,6 +153,7 @@ func (p *poller) loop(ctx, jobCtx context.Context) {
 			if errors.Is(err, taskscaler.ErrShutdown) {
 				return
 			}
+			p.count("no_capacity")
 			if !errors.Is(err, taskscaler.ErrNoCapacity) {
 				p.log.Warn("reserve failed", zap.Error(err))
 			} else {
@@ -167,9 +170,15 @@ func (p *poller) loop(ctx, jobCtx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			if err != nil {
+				p.count("error")
+			} else {
+				p.count("empty")
+			}
 			p.afterEmpty(ctx, err, time.Since(began))
 			continue
 		}
+		p.count("job")
 		p.mu.Lock()
 		p.forbidden = 0
 		p.mu.Unlock()
@@ -181,6 +190,12 @@ func (p *poller) loop(ctx, jobCtx context.Context) {
 			p.start(jobCtx, key, job)
 		}()
 		// A job came: ask again at once, the queue may hold more.
+	}
+}
+
+func (p *poller) count(outcome string) {
+	if p.outcome != nil {
+		p.outcome(outcome)
 	}
 }
 

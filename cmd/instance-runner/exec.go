@@ -1,0 +1,76 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/fleetwright/taskscaler/internal/daemon"
+	"github.com/fleetwright/taskscaler/internal/execmode"
+)
+
+func cmdExec(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config.toml whose runners run the jobs (its url and token are replaced); default: the local provider, 2 slots per instance, at most 4 instances")
+	file := fs.String("file", "", "pipeline file (default: .gitlab-ci.yml at the top of the git repository)")
+	dir := fs.String("C", "", "run in this directory's git repository instead of the current one")
+	listen := fs.String("listen", "127.0.0.1:0", "address of the in-process GitLab and git server; instances must reach it")
+	logLevel := fs.String("log-level", "warn", "daemon log level on stderr: debug, info, warn, error")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: instance-runner exec [--config F] [--file .gitlab-ci.yml] [JOB...]")
+		fmt.Fprintln(fs.Output(), "\nRuns the jobs of a local .gitlab-ci.yml stage by stage on autoscaled instances,")
+		fmt.Fprintln(fs.Output(), "through an in-process GitLab jobs API, the taskscaler, a provider and SSH.")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, interleaved(fs, args)); err != nil {
+		return err
+	}
+	log, err := daemon.NewLogger(*logLevel, "text")
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext(daemon.ErrGracefulStop, nil)
+	defer stop()
+	res, err := execmode.Run(ctx, execmode.Options{
+		Dir: *dir, File: *file, ConfigPath: *cfgPath, Jobs: fs.Args(), Listen: *listen,
+		Stdout: stdout, Stderr: stderr, Logger: log, Version: versionString(),
+	})
+	if err != nil {
+		return err
+	}
+	if !res.Success {
+		return exitError(1)
+	}
+	return nil
+}
+
+// interleaved moves flags after positional arguments to the front, so that
+// `exec build --file x.yml` works like `exec --file x.yml build`.
+func interleaved(fs *flag.FlagSet, args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if !strings.HasPrefix(a, "-") || a == "-" {
+			pos = append(pos, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if strings.Contains(name, "=") {
+			continue
+		}
+		if f := fs.Lookup(name); f != nil && i+1 < len(args) {
+			if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); !ok || !bf.IsBoolFlag() {
+				flags = append(flags, args[i+1])
+				i++
+			}
+		}
+	}
+	return append(append(flags, "--"), pos...)
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fleetwright/taskscaler/provider/local"
+)
+
+func TestMain(m *testing.M) {
+	local.RunInstanceIfRequested()
+	os.Exit(m.Run())
+}
+
+func runCLI(args ...string) (code int, stdout, stderr string) {
+	var o, e strings.Builder
+	code = run(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	code, out, _ := runCLI("version")
+	if code != 0 || !strings.HasPrefix(out, "instance-runner ") {
+		t.Errorf("version: code %d, out %q", code, out)
+	}
+	code, out, _ = runCLI("help")
+	if code != 0 || !strings.Contains(out, "validate --config") {
+		t.Errorf("help: code %d, out %q", code, out)
+	}
+	code, _, errOut := runCLI("frobnicate")
+	if code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
+		t.Errorf("unknown command: code %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = runCLI("run")
+	if code != 2 || !strings.Contains(errOut, "--config is required") {
+		t.Errorf("run without --config: code %d, stderr %q", code, errOut)
+	}
+}
+
+func TestValidateExampleConfigs(t *testing.T) {
+	files, err := filepath.Glob("../../examples/configs/*.toml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no example configs: %v", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(data), "\n    key_path") || strings.Contains(string(data), "key_path =") {
+				t.Skip("needs a private key file next to it")
+			}
+			code, out, errOut := runCLI("validate", "--config", f)
+			if code != 0 {
+				t.Fatalf("validate %s: code %d\nstdout:\n%s\nstderr:\n%s", f, code, out, errOut)
+			}
+			if !strings.Contains(out, "is valid") || !strings.Contains(out, "PROVIDER") {
+				t.Errorf("validate output lacks the summary:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestValidateReportsPositionsAndPluginConfig(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.toml")
+	if err := os.WriteFile(bad, []byte("concurrent = 1\n[[runners]]\n  name = \"x\"\n  url = \"https://gitlab.example.com\"\n  token = \"glrt-x\"\n  executor = \"instance\"\n  [runners.autoscaler]\n    plugin = \"local\"\n    max_instancez = 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runCLI("validate", "--config", bad)
+	if code != 1 || !strings.Contains(errOut, "bad.toml:9:") || !strings.Contains(errOut, "max_instances") {
+		t.Errorf("validate bad config: code %d, stderr %q; want file:line and the suggested key", code, errOut)
+	}
+	pc := filepath.Join(dir, "pc.toml")
+	if err := os.WriteFile(pc, []byte("concurrent = 1\n[[runners]]\n  name = \"x\"\n  url = \"https://gitlab.example.com\"\n  token = \"glrt-x\"\n  executor = \"instance\"\n  [runners.autoscaler]\n    plugin = \"local\"\n    [runners.autoscaler.plugin_config]\n      bogus = 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut = runCLI("validate", "--config", pc)
+	if code != 1 || !strings.Contains(errOut, `unknown key "bogus"`) {
+		t.Errorf("validate bad plugin_config: code %d, stderr %q", code, errOut)
+	}
+}
+
+func TestExecFlagsAfterJobNames(t *testing.T) {
+	fs := flag.NewFlagSet("exec", flag.ContinueOnError)
+	fs.String("file", "", "")
+	fs.String("C", "", "")
+	got := interleaved(fs, []string{"build", "--file", "x.yml", "test", "-C=dir"})
+	want := "--file x.yml -C=dir -- build test"
+	if strings.Join(got, " ") != want {
+		t.Errorf("interleaved = %q, want %q", strings.Join(got, " "), want)
+	}
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"go.uber.org/zap"
+
+	"github.com/fleetwright/taskscaler/internal/config"
+	"github.com/fleetwright/taskscaler/internal/daemon"
+	"github.com/fleetwright/taskscaler/provider/aws"
+	"github.com/fleetwright/taskscaler/provider/local"
+)
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path of config.toml (GitLab Runner format); required")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: instance-runner [run] --config config.toml")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "instance-runner: --config is required, e.g. --config /etc/gitlab-runner/config.toml")
+		return errUsage
+	}
+	cfg, warns, err := config.Load(*path)
+	if err != nil {
+		return configError(stderr, err)
+	}
+	log, err := daemon.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *path, err)
+	}
+	defer func() { _ = log.Sync() }()
+	for _, w := range warns {
+		log.Warn(w.String())
+	}
+	sysID, err := daemon.LoadSystemID(filepath.Dir(*path))
+	if err != nil {
+		return err
+	}
+	log.Info("starting instance-runner", zap.String("version", versionString()), zap.String("config", *path),
+		zap.String("system_id", sysID), zap.Int("concurrent", cfg.Concurrent), zap.Int("runners", len(cfg.Runners)))
+
+	var d *daemon.Daemon
+	ctx, stop := signalContext(daemon.ErrGracefulStop, func() {
+		if d != nil {
+			log.Warn("second signal: interrupting running jobs now")
+			d.Abort()
+		}
+	})
+	defer stop()
+	d, err = daemon.New(ctx, cfg, daemon.Options{Logger: log, SystemID: sysID, Version: versionString()})
+	if err != nil {
+		return err
+	}
+	if err := d.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("instance-runner stopped")
+	return nil
+}
+
+// configError prints every config problem on its own line.
+func configError(w io.Writer, err error) error {
+	var list config.ErrorList
+	if errors.As(err, &list) {
+		for _, e := range list {
+			fmt.Fprintln(w, e.Error())
+		}
+		fmt.Fprintf(w, "%d problem(s) in the config; fix them and run `instance-runner validate` again\n", len(list))
+		return exitError(1)
+	}
+	return err
+}
+
+func cmdValidate(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "path of config.toml to check; required")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "Usage: instance-runner validate --config config.toml")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "instance-runner validate: --config is required")
+		return errUsage
+	}
+	cfg, warns, err := config.Load(*path)
+	for _, w := range warns {
+		fmt.Fprintf(stderr, "warning: %s\n", w.String())
+	}
+	if err != nil {
+		return configError(stderr, err)
+	}
+	// Check plugin_config the way the daemon will, without contacting the
+	// cloud.
+	var errs []string
+	for _, r := range cfg.Runners {
+		a := r.Autoscaler
+		var perr error
+		switch a.Provider {
+		case "local":
+			_, perr = local.ParseConfig(a.PluginConfigJSON)
+		case "aws":
+			_, perr = aws.ParseConfig(a.PluginConfigJSON)
+		}
+		if perr != nil {
+			errs = append(errs, fmt.Sprintf("%s: runner %q: [runners.autoscaler.plugin_config]: %v", *path, r.Name, perr))
+		}
+	}
+	printSummary(stdout, cfg)
+	if len(errs) > 0 {
+		fmt.Fprintln(stderr, strings.Join(errs, "\n"))
+		return exitError(1)
+	}
+	fmt.Fprintf(stdout, "\n%s is valid (%d warning(s)).\n", *path, len(warns))
+	return nil
+}
+
+func printSummary(w io.Writer, cfg *config.Config) {
+	fmt.Fprintf(w, "concurrent = %d, check_interval = %s, shutdown_timeout = %s, log_level = %q, log_format = %q\n",
+		cfg.Concurrent, cfg.CheckInterval, cfg.ShutdownTimeout, cfg.LogLevel, cfg.LogFormat)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RUNNER\tURL\tPROVIDER\tSLOTS/INSTANCE\tMAX INSTANCES\tMAX USE COUNT\tLIMIT\tREQUESTS\tPOLICIES")
+	for _, r := range cfg.Runners {
+		a := r.Autoscaler
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\n", r.Name, r.URL, a.Provider, a.CapacityPerInstance,
+			unlimited(a.MaxInstances), unlimited(a.MaxUseCount), unlimited(r.Limit), r.RequestConcurrency, len(a.Policy))
+	}
+	_ = tw.Flush()
+	for _, r := range cfg.Runners {
+		for i, p := range r.Autoscaler.Policy {
+			pre := "auto"
+			if p.PreemptiveMode != nil {
+				pre = fmt.Sprint(*p.PreemptiveMode)
+			}
+			fmt.Fprintf(w, "  %s policy %d: periods %q tz %q idle_count %d idle_time %s scale_factor %g (limit %d) preemptive %s\n",
+				r.Name, i+1, p.Periods, p.Timezone, p.IdleCount, p.IdleTime, p.ScaleFactor, p.ScaleFactorLimit, pre)
+		}
+	}
+}
+
+func unlimited(n int) string {
+	if n == 0 {
+		return "unlimited"
+	}
+	return fmt.Sprint(n)
+}
