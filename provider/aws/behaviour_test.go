@@ -54,7 +54,7 @@ func TestInitMissingGroup(t *testing.T) {
 	defer srv.Close()
 	g := newTestGroup(t, srv, nil)
 	_, err := g.Init(context.Background(), zap.NewNop(), provider.Settings{})
-	if !provider.IsNotFound(err) || !strings.Contains(err.Error(), `Auto Scaling group "ci-runners" does not exist in region us-east-1`) {
+	if !provider.IsNotFound(err) || !strings.Contains(err.Error(), `auto scaling group "ci-runners" does not exist in region us-east-1`) {
 		t.Fatalf("Init on a missing group = %v; want a not-found error naming the group and region", err)
 	}
 }

@@ -44,7 +44,7 @@ func (g *Group) describeGroup(ctx context.Context, op string) (*astypes.AutoScal
 		}
 	}
 	return nil, &provider.Error{Class: provider.ErrNotFound, Op: op,
-		Err: fmt.Errorf("Auto Scaling group %q does not exist in region %s: check plugin_config name and region (or AWS_REGION)", g.cfg.Name, g.region)}
+		Err: fmt.Errorf("auto scaling group %q does not exist in region %s: check plugin_config name and region (or AWS_REGION)", g.cfg.Name, g.region)}
 }
 
 // applyGroupLocked stores the group's membership. g.mu must be held.
@@ -251,7 +251,7 @@ func (g *Group) Increase(ctx context.Context, n int) (int, error) {
 	add := min(n, maxSize-base)
 	if add <= 0 {
 		return 0, &provider.Error{Class: provider.ErrQuotaExceeded, Op: "increase",
-			Err: fmt.Errorf("Auto Scaling group %q is at its MaxSize %d (desired %d, %d instances launching or in service); raise MaxSize or lower max_instances", g.cfg.Name, maxSize, desired, active)}
+			Err: fmt.Errorf("auto scaling group %q is at its MaxSize %d (desired %d, %d instances launching or in service); raise MaxSize or lower max_instances", g.cfg.Name, maxSize, desired, active)}
 	}
 	_, err = g.as.SetDesiredCapacity(ctx, &autoscaling.SetDesiredCapacityInput{
 		AutoScalingGroupName: awssdk.String(g.cfg.Name),
