@@ -221,3 +221,14 @@ func TestGitCredentialsOverHTTP(t *testing.T) {
 		t.Errorf("fetch with a wrong token: result = %+v; trace:\n%s", res, tr)
 	}
 }
+
+func TestGitUsesServerCAFile(t *testing.T) {
+	repo, shas := testRepo(t)
+	job := gitJob(repo, shas[2], 1, nil)
+	job.Variables = append(job.Variables, gitlab.Variable{Key: "CI_SERVER_TLS_CA_FILE", Value: "-----BEGIN CERTIFICATE-----\n", File: true})
+	job.Hooks = []gitlab.Hook{{Name: "post_get_sources_script", Script: []string{`echo "ca=$GIT_SSL_CAINFO"; head -1 "$GIT_SSL_CAINFO"`}}}
+	home := t.TempDir()
+	res, tr := runJob(t, context.Background(), home, job, nil)
+	out := mustSucceed(t, res, tr)
+	wantInTrace(t, out, "ca="+filepath.Join(home, "builds/0/acme/demo.tmp/CI_SERVER_TLS_CA_FILE")+"\n-----BEGIN CERTIFICATE-----\n")
+}

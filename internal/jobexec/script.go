@@ -46,11 +46,12 @@ unset __IR_SESSION_PATH __ir_rest __ir_d
 export PATH
 `
 
-// shellOnly names variables whose value exists only on the instance; a
-// reference to them is left to the shell.
+// shellOnly names the variables the runner sets on the instance (their
+// values exist only there): a reference to them is left to the shell, and
+// job variables or environment entries of the same name are ignored.
 var shellOnly = map[string]bool{
 	"CI_BUILDS_DIR": true, "CI_PROJECT_DIR": true, "CI_CONCURRENT_ID": true,
-	"CI_CONCURRENT_PROJECT_ID": true, "CI_JOB_STATUS": true, "HOME": true,
+	"CI_CONCURRENT_PROJECT_ID": true, "CI_JOB_STATUS": true,
 }
 
 // plan is everything about a job that is the same for all its stages.
@@ -404,6 +405,9 @@ func (p *plan) sourcesBody(strategy string) (string, error) {
 		b.WriteString("  printf '%s\\n' 'Created fresh repository.'\n")
 	}
 	b.WriteString("fi\n")
+	// A CA bundle GitLab hands over for a self-signed server (edge case
+	// 20 of the jobs API notes) is used for the fetch, as GitLab Runner.
+	b.WriteString("if [ -n \"${CI_SERVER_TLS_CA_FILE-}\" ] && [ -f \"$CI_SERVER_TLS_CA_FILE\" ]; then export GIT_SSL_CAINFO=\"$CI_SERVER_TLS_CA_FILE\"; fi\n")
 	q := shellQuote(p.repoURL)
 	b.WriteString("if git remote get-url origin >/dev/null 2>&1; then git remote set-url origin " + q + "; else git remote add origin " + q + "; fi\n")
 	// Credentials go to git through the environment of the fetch only
