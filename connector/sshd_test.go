@@ -4,6 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -28,7 +32,8 @@ const sshdPath = "/usr/sbin/sshd"
 
 type realSSHD struct {
 	info    provider.ConnectInfo
-	hostKey ssh.Signer
+	hostKey ssh.Signer // ed25519
+	ecKey   ssh.Signer // ecdsa-sha2-nistp256
 	cfgPath string
 	addr    string
 	exited  chan struct{}
@@ -73,6 +78,9 @@ func prepareSSHD(t testing.TB, maxSessions int) *realSSHD {
 		return p
 	}
 	hostKeyPath := write("host_ed25519", hostPEM)
+	// A second host key, as real hosts have several (ed25519, ecdsa, rsa).
+	ecKey, ecPEM := ecdsaKey(t)
+	ecKeyPath := write("host_ecdsa", ecPEM)
 	authPath := write("authorized_keys", ssh.MarshalAuthorizedKey(clientKey.PublicKey()))
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -85,6 +93,7 @@ func prepareSSHD(t testing.TB, maxSessions int) *realSSHD {
 	cfg := fmt.Sprintf(`Port %s
 ListenAddress 127.0.0.1
 HostKey %s
+HostKey %s
 AuthorizedKeysFile %s
 PidFile none
 UsePAM no
@@ -95,11 +104,12 @@ KbdInteractiveAuthentication no
 AllowTcpForwarding yes
 MaxSessions %d
 LogLevel ERROR
-`, port, hostKeyPath, authPath, maxSessions)
+`, port, hostKeyPath, ecKeyPath, authPath, maxSessions)
 	cfgPath := write("sshd_config", []byte(cfg))
 
 	return &realSSHD{
 		hostKey: hostKey,
+		ecKey:   ecKey,
 		cfgPath: cfgPath,
 		addr:    addr,
 		info: provider.ConnectInfo{
@@ -109,6 +119,23 @@ LogLevel ERROR
 			HostKeys:        [][]byte{hostKey.PublicKey().Marshal()},
 		},
 	}
+}
+
+func ecdsaKey(t testing.TB) (ssh.Signer, []byte) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer, pem.EncodeToMemory(block)
 }
 
 // start runs sshd in the background; it is killed when the test ends.
@@ -338,6 +365,16 @@ func TestOpenSSH(t *testing.T) {
 		if _, err := connector.Dial(testCtx(t), info, connector.DialOptions{HostKeys: store}); !errors.Is(err, connector.ErrHostKeyMismatch) {
 			t.Fatalf("changed key: %v, want ErrHostKeyMismatch", err)
 		}
+		// The provider knows only the ecdsa key of a host that also has
+		// an ed25519 one: the connector asks sshd for that key type.
+		info = sshd.info
+		info.HostKeys = [][]byte{sshd.ecKey.PublicKey().Marshal()}
+		ec, err := connector.Dial(testCtx(t), info, connector.DialOptions{HostKeys: connector.NewHostKeyStore()})
+		if err != nil {
+			t.Fatalf("known ecdsa host key: %v", err)
+		}
+		ec.Close()
+		info.ID, info.HostKeys = "same-instance", nil
 		// A fresh store pins sshd's key.
 		fresh := connector.NewHostKeyStore()
 		sc, err := connector.Dial(testCtx(t), info, connector.DialOptions{HostKeys: fresh})
@@ -345,8 +382,17 @@ func TestOpenSSH(t *testing.T) {
 			t.Fatal(err)
 		}
 		sc.Close()
-		if k := fresh.Pinned("same-instance"); k == nil || !bytes.Equal(k.Marshal(), sshd.hostKey.PublicKey().Marshal()) {
-			t.Error("sshd's host key was not pinned")
+		k := fresh.Pinned("same-instance")
+		if k == nil || !(bytes.Equal(k.Marshal(), sshd.hostKey.PublicKey().Marshal()) || bytes.Equal(k.Marshal(), sshd.ecKey.PublicKey().Marshal())) {
+			t.Fatal("sshd's host key was not pinned")
+		}
+		// Later connections ask for the pinned key's type and match.
+		for range 2 {
+			sc, err := connector.Dial(testCtx(t), info, connector.DialOptions{HostKeys: fresh})
+			if err != nil {
+				t.Fatalf("dial with a pinned %s key: %v", k.Type(), err)
+			}
+			sc.Close()
 		}
 	})
 }
