@@ -4,13 +4,19 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/fleetwright/taskscaler/provider/local"
 )
 
 // TestMain keeps the developer's AWS environment out of the tests: no
 // profile, shared files, CA bundle, endpoint or IMDS lookups leak in.
 // When TASKSCALER_AWS_GROUP is set (the awsintegration test against a real
 // group), the environment is left alone.
+//
+// It also serves provider/local instance processes, which the end-to-end
+// test uses as backing machines for simulated EC2 instances.
 func TestMain(m *testing.M) {
+	local.RunInstanceIfRequested()
 	if os.Getenv("TASKSCALER_AWS_GROUP") != "" {
 		os.Exit(m.Run())
 	}
