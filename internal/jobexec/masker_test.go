@@ -199,3 +199,33 @@ func TestMaskerConcurrentWriters(t *testing.T) {
 		t.Errorf("%d masked lines, want 800", got)
 	}
 }
+
+// FuzzMasker: splitting the text at any point gives the same output as
+// writing it at once, and a secret never survives.
+func FuzzMasker(f *testing.F) {
+	f.Add("pw=hunter22 and glpat-abc_DEF-1 end", "hunter22", uint8(5))
+	f.Add("aaab", "aab", uint8(1))
+	f.Add("glpat-", "x", uint8(3))
+	f.Add("]a]a]", "]a]", uint8(2))
+	f.Fuzz(func(t *testing.T, text, secret string, cut uint8) {
+		if len(secret) < 2 {
+			return
+		}
+		prefixes := []string{"glpat-"}
+		whole := maskAll([]string{secret}, prefixes, text)
+		c := int(cut)
+		if c > len(text) {
+			c = len(text)
+		}
+		split := maskAll([]string{secret}, prefixes, text[:c], text[c:])
+		if whole != split {
+			t.Fatalf("split at %d: %q, whole: %q", c, split, whole)
+		}
+		// (The mask text itself may combine with its neighbours into the
+		// secret, e.g. secret "]a]" in "]a]a]"; that is not a leak.)
+		out := strings.ReplaceAll(maskAll([]string{secret}, nil, text[:c], text[c:]), jobexec.Masked, "\x00")
+		if !strings.Contains(secret, "\x00") && strings.Contains(out, secret) {
+			t.Fatalf("secret %q survives in %q", secret, text)
+		}
+	})
+}
