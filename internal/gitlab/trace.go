@@ -35,6 +35,10 @@ const (
 	DefaultFinalUpdateBackoffMax = 60 * time.Minute
 )
 
+// ackAttempts is the number of running-ack attempts when the answer is
+// lost (transport error); statuses are retried by the transport layer.
+const ackAttempts = 5
+
 // maxRangeResyncs bounds consecutive 416 answers in one flush before the
 // attempt counts as failed (a server that keeps moving its size).
 const maxRangeResyncs = 16
@@ -194,11 +198,29 @@ func (t *JobTrace) Checksum() string {
 // two_phase_job_commit) and starts the background sender. It returns an
 // error wrapping ErrJobNotOurs when GitLab refuses the ack (400, 403, 404,
 // 409, Job-Status canceled/failed): do not run the job and do not call
-// Finish. Other errors (5xx after retries, transport) mean the ack state is
-// unknown; GitLab requeues an unacknowledged job after 2 min. The sender
+// Finish. A transport error (lost answer) is retried up to 5 times, since a
+// repeated ack is a harmless keep-alive. Other errors (5xx after the
+// transport retries, transport errors after 5 attempts) mean the ack state
+// is unknown; GitLab requeues an unacknowledged job after 2 min. The sender
 // stops when ctx ends or Finish is called.
 func (t *JobTrace) Start(ctx context.Context) error {
-	res, err := t.c.UpdateJob(ctx, t.id, t.token, Update{State: StateRunning})
+	// A running ack is idempotent (a second one on a running job is a
+	// keep-alive), so an ack whose answer was lost is retried.
+	bo := &backoff.ExponentialBackOff{InitialInterval: time.Second, RandomizationFactor: 0.1, Multiplier: 2, MaxInterval: 10 * time.Second}
+	bo.Reset()
+	var res UpdateResult
+	var err error
+	for attempt := 1; ; attempt++ {
+		res, err = t.c.UpdateJob(ctx, t.id, t.token, Update{State: StateRunning})
+		if res.Status != UpdateFailed || res.HTTPStatus != 0 || attempt >= ackAttempts || ctx.Err() != nil {
+			break
+		}
+		wait := bo.NextBackOff()
+		t.log.Warn("running ack failed; retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+		if serr := t.sleep(ctx, wait); serr != nil {
+			return fmt.Errorf("gitlab: running ack of job %d: %w (last failure: %v)", t.id, serr, err)
+		}
+	}
 	switch res.Status {
 	case UpdateSucceeded, UpdateAccepted:
 	case UpdateAbort:

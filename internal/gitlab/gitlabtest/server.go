@@ -250,6 +250,7 @@ type Server struct {
 	info       gitlab.VersionInfo
 	systemIDs  map[string]bool
 	requests   int
+	polling    int
 
 	handler http.Handler
 	httpSrv *httptest.Server
@@ -354,6 +355,26 @@ func (s *Server) Requests() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.requests
+}
+
+// Polling returns the number of jobs/request calls held in a long poll
+// right now; a new one closes the Changed channel.
+func (s *Server) Polling() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.polling
+}
+
+// SystemIDs returns the system_id values seen on jobs/request.
+func (s *Server) SystemIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.systemIDs))
+	for id := range s.systemIDs {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // AddJob enqueues j and returns its id. A zero ID gets the next free id, an
@@ -676,8 +697,15 @@ func (s *Server) handleRequest(w http.ResponseWriter, r *http.Request) {
 	// Workhorse: with last_update equal to the queue version, hold until
 	// the version changes or the poll times out, then answer a bare 204.
 	if body.LastUpdate != "" && body.LastUpdate == s.versionLocked() && len(s.queue) == 0 {
+		s.polling++
+		s.notifyLocked()
 		ch := s.changed
 		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			s.polling--
+			s.mu.Unlock()
+		}()
 		deadline := time.NewTimer(s.opts.LongPoll)
 		defer deadline.Stop()
 		for {
