@@ -4,6 +4,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"github.com/fleetwright/taskscaler/internal/daemon"
@@ -35,7 +36,7 @@ func cmdExec(args []string, stdout, stderr io.Writer) error {
 	defer stop()
 	res, err := execmode.Run(ctx, execmode.Options{
 		Dir: *dir, File: *file, ConfigPath: *cfgPath, Jobs: fs.Args(), Listen: *listen,
-		Stdout: stdout, Stderr: stderr, Logger: log, Version: versionString(),
+		Stdout: stdout, Stderr: stderr, Logger: log, Version: versionString(), Color: isTerminal(stdout),
 	})
 	if err != nil {
 		return err
@@ -44,6 +45,16 @@ func cmdExec(args []string, stdout, stderr io.Writer) error {
 		return exitError(1)
 	}
 	return nil
+}
+
+// isTerminal reports whether w is a terminal and NO_COLOR is not set.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("NO_COLOR") != "" {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // interleaved moves flags after positional arguments to the front, so that

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -68,6 +69,10 @@ type Options struct {
 	InstanceDir string
 	// TracePoll is how often live trace output is printed; 0 = 200 ms.
 	TracePoll time.Duration
+	// Color keeps the trace's ANSI colours in the output (for a
+	// terminal); false strips them. GitLab's section markers are always
+	// stripped.
+	Color bool
 	// ScalerOptions are passed to the daemon (tests).
 	ScalerOptions []taskscaler.Option
 }
@@ -253,7 +258,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 				repo.Allow(token)
 			}
 			srv.AddJob(Payload(p, j, proj, id, token, nil))
-			wg.Go(func() { results[i] = follow(ctx, srv, o, tracker, j, id, opts.TracePoll) })
+			wg.Go(func() { results[i] = follow(ctx, srv, o, tracker, j, id, opts.TracePoll, opts.Color) })
 		}
 		wg.Wait()
 		for _, r := range results {
@@ -402,7 +407,7 @@ func (t *tracker) instanceOf(id int64) string {
 }
 
 // follow prints job id's trace as it arrives and returns its result.
-func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *pipeline.Job, id int64, poll time.Duration) JobResult {
+func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *pipeline.Job, id int64, poll time.Duration, color bool) JobResult {
 	start := time.Now()
 	prefix := "[" + j.Name + "] "
 	printed := 0
@@ -417,11 +422,11 @@ func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *
 			if i < 0 {
 				break
 			}
-			o.printf("%s%s\n", prefix, partial[:i])
+			o.printf("%s%s\n", prefix, display(partial[:i], color))
 			partial = partial[i+1:]
 		}
 		if final && len(partial) > 0 {
-			o.printf("%s%s\n", prefix, partial)
+			o.printf("%s%s\n", prefix, display(partial, color))
 			partial = nil
 		}
 	}
@@ -456,7 +461,7 @@ func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *
 			if r.FailureReason != "" {
 				detail = fmt.Sprintf(" (%s, exit code %d)", r.FailureReason, r.ExitCode)
 			}
-			o.printf("%s %s: %s%s in %s\n", prefix, mark, r.Status, detail, r.Duration.Round(10*time.Millisecond))
+			o.printf("%s%s %s%s in %s\n", prefix, mark, r.Status, detail, r.Duration.Round(10*time.Millisecond))
 			return r
 		case <-tick.C:
 			flush(srv.Job(id).Trace, false)
@@ -469,6 +474,25 @@ func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *
 			ctx = context.WithoutCancel(ctx)
 		}
 	}
+}
+
+var (
+	sectionMarker = regexp.MustCompile(`section_(?:start|end):[0-9]+:[^\x1b\r\n]*\x1b\[0K`)
+	ansiEscape    = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
+)
+
+// display turns one trace line into terminal output: GitLab's collapsible
+// section markers are removed, colours too unless color is set, and a
+// carriage return keeps only what follows it (progress bars).
+func display(line []byte, color bool) []byte {
+	line = sectionMarker.ReplaceAll(line, nil)
+	if !color {
+		line = ansiEscape.ReplaceAll(line, nil)
+	}
+	if i := bytes.LastIndexByte(bytes.TrimRight(line, "\r"), '\r'); i >= 0 {
+		line = line[i+1:]
+	}
+	return bytes.TrimRight(line, "\r")
 }
 
 // PrintSummary writes the summary table: job, stage, status, duration and

@@ -104,6 +104,19 @@ func TestExecRunsPipelineStageByStage(t *testing.T) {
 	}
 }
 
+func TestDisplayStripsSectionsAndColours(t *testing.T) {
+	in := []byte("section_start:1796065328:step_script\x1b[0K\x1b[36;1mExecuting\x1b[0;m")
+	if got := string(display(in, false)); got != "Executing" {
+		t.Errorf("display(no color) = %q, want %q", got, "Executing")
+	}
+	if got := string(display(in, true)); got != "\x1b[36;1mExecuting\x1b[0;m" {
+		t.Errorf("display(color) = %q", got)
+	}
+	if got := string(display([]byte("10%\r50%\r100%\r"), false)); got != "100%" {
+		t.Errorf("display(progress) = %q, want 100%%", got)
+	}
+}
+
 func TestExecFailingJobSkipsLaterStagesAndFails(t *testing.T) {
 	dir := newGitRepo(t, map[string]string{"ci.yml": `
 stages: [a, b]

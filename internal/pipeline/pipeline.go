@@ -471,6 +471,8 @@ func script(v any) ([]string, error) {
 				}
 			}
 		case nil:
+		case yaml.MapSlice, map[string]any:
+			return fmt.Errorf("entry %v is a YAML mapping, not a command: a \": \" in an unquoted line makes one; quote the whole line ('…' or \"…\")", x)
 		default:
 			return fmt.Errorf("entry %v is a %T; quote it to make it a command string", x, x)
 		}

@@ -112,6 +112,7 @@ func TestParseErrors(t *testing.T) {
 		{"only hidden", ".j:\n  script: [x]\n", []string{"has no jobs"}},
 		{"empty", "", []string{"has no jobs"}},
 		{"script number", "j:\n  script: [42]\n", []string{"quote it"}},
+		{"script colon", "j:\n  script:\n    - echo a: b\n", []string{"YAML mapping", "quote the whole line"}},
 		{"bad default", "default:\n  artifacts: {}\nj:\n  script: [x]\n", []string{`"artifacts" is not supported by exec in`}},
 		{"top before_script", "before_script: [x]\nj:\n  script: [x]\n", []string{"move it under `default:`"}},
 		{"variable field", "variables:\n  A: {value: x, bogus: 1}\nj:\n  script: [x]\n", []string{"unknown field bogus"}},
