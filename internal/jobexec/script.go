@@ -250,16 +250,20 @@ func (p *plan) stageScript(jobStatus string, body string) string {
 	b.WriteString("__ir_main() {\nset -eo pipefail\n")
 	b.WriteString(body)
 	b.WriteString("\n}\n")
-	b.WriteString(`set -m
-__ir_main </dev/null &
-__ir_pid=$!
-exec 2>/dev/null
+	b.WriteString(`__ir_pid= __ir_stopping=
 __ir_stop() {
   trap - TERM INT HUP
+  __ir_stopping=1
+  [ -n "$__ir_pid" ] || return 0
   kill -TERM -- -"$__ir_pid" 2>/dev/null
   ( sleep 10; kill -KILL -- -"$__ir_pid" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
 }
 trap __ir_stop TERM INT HUP
+set -m
+__ir_main </dev/null &
+__ir_pid=$!
+exec 2>/dev/null
+if [ -n "$__ir_stopping" ]; then __ir_stop; fi
 while :; do
   wait "$__ir_pid"; __ir_rc=$?
   kill -0 "$__ir_pid" 2>/dev/null || break
