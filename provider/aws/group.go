@@ -272,12 +272,16 @@ func (g *Group) Increase(ctx context.Context, n int) (int, error) {
 // Decrease terminates exactly the given instances with
 // TerminateInstanceInAutoScalingGroup and ShouldDecrementDesiredCapacity,
 // at most DefaultDecreaseParallelism calls at a time, and returns the ids
-// accepted (in input order). An id that is not a member of this group, or is
-// already terminating, is accepted without any call: this provider never
-// terminates an instance outside its group, whatever ids it is given. A
-// termination refused with ValidationError is re-checked against the
-// group; if the instance has gone meanwhile it is accepted. Other failures
-// are returned joined, classified as in classify.
+// accepted (in input order). An id that is not a member of this group
+// (after one membership refresh), or is already terminating, is accepted
+// without any call: this provider never terminates an instance outside its
+// group, whatever ids it is given. A termination refused with
+// ValidationError is re-checked against the group: an instance gone
+// meanwhile is accepted; an instance above the desired capacity (lowered
+// behind our back while instances are protected) is terminated without
+// decrement, which launches no replacement. Other failures (e.g. MinSize
+// reached) are returned joined, classified as in classify. Increase and
+// Decrease are serialised with each other.
 func (g *Group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 	if err := g.checkUsable("decrease"); err != nil {
 		return nil, err
