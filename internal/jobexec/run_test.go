@@ -522,3 +522,23 @@ func TestRunKeepsSessionPath(t *testing.T) {
 		t.Fatalf("result = %+v; trace:\n%s", res, tr)
 	}
 }
+
+func TestRunDebugTrace(t *testing.T) {
+	job := newJob([]string{`X="value-$((1+1))"`}, nil,
+		gitlab.Variable{Key: "CI_DEBUG_TRACE", Value: "true"},
+		gitlab.Variable{Key: "SECRET", Value: "debug-secret-value", Masked: true})
+	job.Steps[0].Script = append(job.Steps[0].Script, `echo "$SECRET" >/dev/null`)
+	res, tr := runJob(t, context.Background(), t.TempDir(), job, nil)
+	out := tr.String()
+	if res.State != gitlab.StateSuccess {
+		t.Fatalf("result = %+v; trace:\n%s", res, out)
+	}
+	for _, w := range []string{"CI_DEBUG_TRACE is enabled", "+ X=value-2\n", "+ echo [MASKED]\n"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("trace lacks %q:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "debug-secret-value") {
+		t.Errorf("masked value in the debug trace:\n%s", out)
+	}
+}

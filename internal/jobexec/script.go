@@ -30,7 +30,7 @@ const (
 // bash runs as a login shell, as GitLab Runner's, so that /etc/profile and
 // ~/.bash_profile set up the instance's tools; directories of the SSH
 // session's PATH that the profile dropped are appended again.
-const BootstrapCommand = `if command -v bash >/dev/null 2>&1; then export __IR_SESSION_PATH="$PATH"; exec bash --login -s; fi; echo "ERROR: bash is not installed on this instance; instance-runner needs bash (any version >= 4) in PATH" >&2; exit 127`
+const BootstrapCommand = `if command -v bash >/dev/null 2>&1; then export __IR_SESSION_PATH="$PATH"; exec bash --login -s; fi; echo "ERROR: bash is not installed on this instance; instance-runner needs bash (3.2 or later) in PATH" >&2; exit 127`
 
 const bootstrapLine = `__ir_s=$(cat); eval "$__ir_s"` + "\n"
 
@@ -127,6 +127,9 @@ func newPlan(o *Options) (*plan, error) {
 		p.repoURL = j.GitInfo.RepoURL
 	}
 	p.buildVariables(o)
+	if p.debugTracing() {
+		p.warnings = append(p.warnings, "CI_DEBUG_TRACE is enabled: every command of script and after_script is traced with its expanded arguments; masked values stay masked, other values are shown")
+	}
 	if len(j.Artifacts) > 0 {
 		p.warnings = append(p.warnings, "the job defines artifacts; instance-runner does not upload artifacts, they are skipped")
 	}
@@ -302,6 +305,7 @@ func commands(b *strings.Builder, cmds []string) {
 func (p *plan) scriptBody(pre, post string) string {
 	var b strings.Builder
 	b.WriteString("cd \"$CI_PROJECT_DIR\"\n")
+	p.debugTrace(&b)
 	if strings.TrimSpace(pre) != "" {
 		commands(&b, []string{pre})
 	}
@@ -317,8 +321,20 @@ func (p *plan) scriptBody(pre, post string) string {
 func (p *plan) afterScriptBody() string {
 	var b strings.Builder
 	b.WriteString("mkdir -p \"$CI_PROJECT_DIR\" && cd \"$CI_PROJECT_DIR\"\n")
+	p.debugTrace(&b)
 	commands(&b, p.afterScript.Script)
 	return b.String()
+}
+
+// debugTracing reports whether CI_DEBUG_TRACE is "true": the job asks for
+// `set -x` in its scripts, as GitLab Runner's debug logging.
+func (p *plan) debugTracing() bool { return p.vars["CI_DEBUG_TRACE"] == "true" }
+
+// debugTrace appends `set -x` when CI_DEBUG_TRACE is on.
+func (p *plan) debugTrace(b *strings.Builder) {
+	if p.debugTracing() {
+		b.WriteString("set -x\n")
+	}
 }
 
 // gitStrategy is GIT_STRATEGY (clone, fetch, none; "empty" is none), or
