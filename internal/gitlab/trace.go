@@ -337,6 +337,14 @@ func (t *JobTrace) appendLocked(data []byte) {
 }
 
 func (t *JobTrace) add(b []byte) {
+	if need := len(t.buf) + len(b); need > cap(t.buf) {
+		// Grow by doubling (append's 1.25× for large slices copies the
+		// trace many times over). The old array stays intact for a
+		// chunk being sent without the lock.
+		nb := make([]byte, len(t.buf), max(2*cap(t.buf), need, 4096))
+		copy(nb, t.buf)
+		t.buf = nb
+	}
 	t.buf = append(t.buf, b...)
 	t.crc = crc32.Update(t.crc, crc32.IEEETable, b)
 }
