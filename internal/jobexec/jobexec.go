@@ -89,8 +89,9 @@ type Options struct {
 	// `Job-Status: canceling`): the running stage is stopped, after_script
 	// still runs, and Result.Canceled is set. Nil means never.
 	Cancel <-chan struct{}
-	// Logger receives structured logs (job_id, instance_id, slot); nil
-	// means none. Variable values are never logged.
+	// Logger receives structured logs; it should carry job_id,
+	// instance_id and slot already (the daemon's does: jobexec does not
+	// add them again). Nil means none. Variable values are never logged.
 	Logger *zap.Logger
 	// Now is the clock for trace section timestamps; nil means time.Now.
 	Now func() time.Time
@@ -183,7 +184,6 @@ func Run(ctx context.Context, opts Options) (res Result) {
 		fmt.Fprintf(opts.Trace, "%sERROR: Job failed (system failure): no job payload%s\n", ansiBoldRed, ansiReset)
 		return Result{State: gitlab.StateFailed, FailureReason: gitlab.RunnerSystemFailure, Err: errors.New("jobexec: Options.Job is nil")}
 	}
-	log = log.With(zap.Int64("job_id", opts.Job.ID), zap.String("instance_id", opts.InstanceID), zap.Int("slot", opts.Slot))
 
 	// Everything goes through the masker; secrets are known only after
 	// the variables are read, so start with the job token and prefixes.
