@@ -3,6 +3,7 @@ package jobexec_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/fleetwright/taskscaler/internal/gitlab"
 	"github.com/fleetwright/taskscaler/internal/jobexec"
@@ -540,5 +544,33 @@ func TestRunDebugTrace(t *testing.T) {
 	}
 	if strings.Contains(out, "debug-secret-value") {
 		t.Errorf("masked value in the debug trace:\n%s", out)
+	}
+}
+
+// TestRunNeverLogsSecrets runs jobs that fail in several ways with a debug
+// logger and checks that no log entry carries a masked value or the job
+// token.
+func TestRunNeverLogsSecrets(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	log := zap.New(core)
+	const secret = "log-secret-value"
+	mk := func(script ...string) *gitlab.Job {
+		return newJob(script, []string{"echo " + secret}, gitlab.Variable{Key: "S", Value: secret, Masked: true})
+	}
+	home := t.TempDir()
+	for _, job := range []*gitlab.Job{mk(`echo "$S"`), mk(`echo "$S"; exit 4`)} {
+		runJob(t, context.Background(), home, job, func(o *jobexec.Options) { o.Logger = log })
+	}
+	bad := mk("true")
+	bad.Variables = append(bad.Variables, gitlab.Variable{Key: "GIT_STRATEGY", Value: "x"})
+	runJob(t, context.Background(), home, bad, func(o *jobexec.Options) { o.Logger = log })
+	if logs.Len() == 0 {
+		t.Fatal("no log entries; the test would prove nothing")
+	}
+	for _, e := range logs.All() {
+		text := e.Message + fmt.Sprint(e.ContextMap())
+		if strings.Contains(text, secret) || strings.Contains(text, "jobTokenAbCdEf") {
+			t.Errorf("log entry leaks a secret: %s %v", e.Message, e.ContextMap())
+		}
 	}
 }
