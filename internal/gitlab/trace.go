@@ -91,7 +91,7 @@ type JobTrace struct {
 	sent      int64 // bytes acknowledged by GitLab
 	interval  time.Duration
 	lastSent  time.Time
-	traceGone bool // PATCH answered 404
+	traceGone bool // no more trace is sent (abort, or 404 while finishing)
 
 	cancelOnce sync.Once
 	cancelCh   chan struct{}
@@ -421,7 +421,9 @@ func (t *JobTrace) incrementalUpdate(ctx context.Context) {
 
 // sendChunk PATCHes the next ≤ 1 MiB of unsent trace. more reports whether
 // unsent bytes remain; ok whether the call made progress (202 or 416
-// resync). final selects the final-path handling of 404.
+// resync). final selects the final-path handling of 404 (stop sending
+// trace); the incremental path retries it at the next tick, as GitLab
+// Runner.
 func (t *JobTrace) sendChunk(ctx context.Context, final bool) (more, ok bool, err error) {
 	t.mu.Lock()
 	start := t.sent
@@ -456,10 +458,18 @@ func (t *JobTrace) sendChunk(ctx context.Context, final bool) (more, ok bool, er
 		t.log.Info("GitLab's trace size differs from ours; resyncing",
 			zap.Int64("offset", start), zap.Int64("server_size", res.SentOffset))
 		t.sent = res.SentOffset
+		t.lastSent = t.clock.Now()
 		return more, true, nil
 	case PatchNotFound:
-		t.log.Warn("trace PATCH answered 404 (a proxy in front of GitLab?); no more trace is sent", zap.Bool("final", final))
-		t.traceGone = true
+		// A 404 comes from a proxy, not from GitLab (which says 403):
+		// the incremental path tries again at the next tick, the final
+		// path gives up on the trace and still sends the final state.
+		if final {
+			t.log.Warn("trace PATCH answered 404 (a proxy in front of GitLab?); the rest of the trace is not sent")
+			t.traceGone = true
+		} else {
+			t.log.Warn("trace PATCH answered 404 (a proxy in front of GitLab?); retrying at the next tick")
+		}
 		return more, false, nil
 	case PatchAbort:
 		t.traceGone = true

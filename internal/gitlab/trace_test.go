@@ -486,8 +486,17 @@ func TestJobTracePatch404KeepsJob(t *testing.T) {
 		job := take(t, srv, c)
 		tr := c.NewJobTrace(job, gitlab.TraceOptions{})
 		mustStart(t, tr)
+		// The incremental path retries a 404 at the next tick.
+		srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 404, Times: 2})
+		fmt.Fprint(tr, "after a proxy hiccup\n")
+		time.Sleep(10 * time.Second)
+		if got := string(srv.Job(job.ID).Trace); got != "after a proxy hiccup\n" {
+			t.Fatalf("trace after transient 404s: %q", got)
+		}
+		// While finishing, a 404 skips the rest of the trace.
 		srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 404, Times: 1000})
 		fmt.Fprint(tr, "lost to a proxy")
+		left := srv.PendingFaults()
 		if err := tr.Finish(t.Context(), gitlab.Update{State: gitlab.StateSuccess}); err != nil {
 			t.Fatal(err)
 		}
@@ -498,6 +507,9 @@ func TestJobTracePatch404KeepsJob(t *testing.T) {
 		}
 		if rec := srv.Job(job.ID); rec.State != gitlabtest.StatusSuccess || rec.ChecksumOK {
 			t.Fatalf("record %+v (checksum must not match: the trace never arrived)", rec)
+		}
+		if n := left - srv.PendingFaults(); n != 1 {
+			t.Errorf("%d PATCHes while finishing, want 1 (a 404 stops the trace)", n)
 		}
 	})
 }
