@@ -15,6 +15,9 @@ import (
 
 	"github.com/fleetwright/taskscaler/internal/gitlab"
 	"github.com/fleetwright/taskscaler/internal/gitlab/gitlabtest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // take adds a job and takes it with RequestJob.
@@ -555,6 +558,41 @@ func TestJobTraceFinishHonoursContext(t *testing.T) {
 		err := tr.Finish(ctx, gitlab.Update{State: gitlab.StateSuccess})
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Finish = %v, want deadline exceeded", err)
+		}
+	})
+}
+
+func TestNoTokensInLogs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		core, logs := observer.New(zapcore.DebugLevel)
+		srv := gitlabtest.New(gitlabtest.Options{RunnerToken: runnerToken, Logger: zap.New(core)})
+		defer srv.Close()
+		c, err := gitlab.New(gitlab.Config{URL: "http://gitlab.invalid", Token: runnerToken, Logger: zap.New(core),
+			HTTPClient: &http.Client{Transport: srv.Transport()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointRequest, Status: 503})
+		job := take(t, srv, c)
+		tr := c.NewJobTrace(job, gitlab.TraceOptions{})
+		mustStart(t, tr)
+		srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 500, Times: 6})
+		srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 416})
+		srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, Lose: true})
+		srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, Status: 409, Times: 6})
+		fmt.Fprint(tr, "output\n")
+		time.Sleep(10 * time.Second)
+		if err := tr.Finish(t.Context(), gitlab.Update{State: gitlab.StateSuccess}); err != nil {
+			t.Fatal(err)
+		}
+		if logs.Len() < 5 {
+			t.Fatalf("only %d log entries; the test needs the retry paths to log", logs.Len())
+		}
+		for _, e := range logs.All() {
+			line := e.Message + fmt.Sprint(e.ContextMap())
+			if strings.Contains(line, runnerToken) || strings.Contains(line, job.Token) {
+				t.Errorf("token in log entry: %s", line)
+			}
 		}
 	})
 }
