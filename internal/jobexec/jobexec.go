@@ -305,15 +305,23 @@ func (e *execution) run(ctx context.Context, p *plan, sources string) Result {
 	}
 
 	var res Result
-	err := e.stage(scriptCtx, "get_sources", "Getting source from Git repository", p.stageScript("running", sources))
+	err := e.getSources(scriptCtx, p, sources)
 	scriptRan := false
+	stepCtx := scriptCtx
 	if err == nil && scriptCtx.Err() == nil {
 		res.ScriptStarted = true
 		scriptRan = true
-		err = e.stage(scriptCtx, "step_script", "Executing \"step_script\" stage of the job script",
+		if d := p.scriptTimeout(); d > 0 {
+			// RUNNER_SCRIPT_TIMEOUT caps step_script, as GitLab Runner.
+			c, cancel := context.WithCancelCause(scriptCtx)
+			defer cancel(nil)
+			defer e.afterFunc(d, func() { cancel(fmt.Errorf("%w: RUNNER_SCRIPT_TIMEOUT %s", errJobTimeout, d)) })()
+			stepCtx = c
+		}
+		err = e.stage(stepCtx, "step_script", "Executing \"step_script\" stage of the job script",
 			p.stageScript("running", p.scriptBody(e.opts.PreBuildScript, e.opts.PostBuildScript)))
 	}
-	res, final := e.outcome(ctx, jobCtx, scriptCtx, err, res, timeout)
+	res, final := e.outcome(ctx, context.Cause(stepCtx), err, res, timeout)
 	if ctx.Err() != nil {
 		// Abort: stop at once.
 		e.printf("%s", final)
@@ -336,26 +344,31 @@ func (e *execution) run(ctx context.Context, p *plan, sources string) Result {
 
 // outcome maps how stages 1-2 ended to a Result and the trace line that
 // says so, written last (after after_script), as GitLab Runner.
-func (e *execution) outcome(ctx, jobCtx, scriptCtx context.Context, err error, res Result, timeout time.Duration) (Result, string) {
+//
+// cause is the cause of the last stage's context (nil while it runs).
+func (e *execution) outcome(ctx context.Context, cause error, err error, res Result, timeout time.Duration) (Result, string) {
 	red := func(format string, args ...any) string {
 		return "\n" + ansiBoldRed + fmt.Sprintf(format, args...) + ansiReset + "\n"
 	}
 	switch {
 	case ctx.Err() != nil:
-		cause := context.Cause(ctx)
-		e.log.Info("job aborted", zap.Error(cause))
-		res.State, res.FailureReason, res.Canceled, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, true, cause
-		return res, red("ERROR: Job aborted: %v", cause)
+		abort := context.Cause(ctx)
+		e.log.Info("job aborted", zap.Error(abort))
+		res.State, res.FailureReason, res.Canceled, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, true, abort
+		return res, red("ERROR: Job aborted: %v", abort)
 	case err == nil && res.ScriptStarted:
 		// step_script finished with 0, even if a deadline passed just
 		// after.
 		res.State = gitlab.StateSuccess
 		return res, ansiBoldGreen + "Job succeeded" + ansiReset + "\n"
-	case errors.Is(context.Cause(jobCtx), errJobTimeout):
-		e.log.Info("job timed out", zap.Duration("timeout", timeout))
-		res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.JobExecutionTimeout, errJobTimeout
+	case errors.Is(cause, errJobTimeout):
+		e.log.Info("job timed out", zap.Duration("timeout", timeout), zap.Error(cause))
+		res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.JobExecutionTimeout, cause
+		if cause != errJobTimeout {
+			return res, red("ERROR: Job failed: %v", cause)
+		}
 		return res, red("ERROR: Job failed: execution took longer than %s seconds", formatSeconds(timeout))
-	case errors.Is(context.Cause(scriptCtx), errCanceled):
+	case errors.Is(cause, errCanceled):
 		e.log.Info("job canceled")
 		res.State, res.FailureReason, res.Canceled, res.Err = gitlab.StateFailed, gitlab.UnknownFailure, true, errCanceled
 		return res, red("ERROR: Job failed: canceled")
@@ -379,6 +392,20 @@ func (e *execution) outcome(ctx, jobCtx, scriptCtx context.Context, err error, r
 	e.log.Warn("job failed: runner error", zap.Error(err))
 	res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, err
 	return res, red("ERROR: Job failed (system failure): lost the connection to instance %s: %v", e.opts.InstanceID, err)
+}
+
+// getSources runs the get_sources stage, again after a failure with an
+// exit status when GET_SOURCES_ATTEMPTS (1-10, as GitLab Runner) allows.
+func (e *execution) getSources(ctx context.Context, p *plan, sources string) error {
+	attempts := p.getSourcesAttempts()
+	for attempt := 1; ; attempt++ {
+		err := e.stage(ctx, "get_sources", "Getting source from Git repository", p.stageScript("running", sources))
+		var ec exitCoder
+		if err == nil || attempt >= attempts || ctx.Err() != nil || !errors.As(err, &ec) || ec.ExitCode() == 127 {
+			return err
+		}
+		e.printf("%sWARNING: getting the sources failed with exit code %d; retrying (attempt %d of %d, GET_SOURCES_ATTEMPTS)%s\n", ansiYellow, ec.ExitCode(), attempt+1, attempts, ansiReset)
+	}
 }
 
 func formatSeconds(d time.Duration) string {

@@ -574,3 +574,45 @@ func TestRunNeverLogsSecrets(t *testing.T) {
 		}
 	}
 }
+
+func TestRunGetSourcesAttempts(t *testing.T) {
+	home := t.TempDir()
+	marker := filepath.Join(home, "first-attempt")
+	job := newJob([]string{"echo script-ran"}, nil, gitlab.Variable{Key: "GET_SOURCES_ATTEMPTS", Value: "3"})
+	job.Hooks = []gitlab.Hook{{Name: "pre_get_sources_script", Script: []string{"if [ ! -e " + marker + " ]; then touch " + marker + "; exit 9; fi"}}}
+	res, tr := runJob(t, context.Background(), home, job, nil)
+	if res.State != gitlab.StateSuccess || !strings.Contains(tr.String(), "retrying (attempt 2 of 3, GET_SOURCES_ATTEMPTS)") {
+		t.Fatalf("result = %+v; trace:\n%s", res, tr)
+	}
+
+	// Without the variable, one failure fails the job.
+	job.Variables = job.Variables[:1]
+	_ = os.Remove(marker)
+	res, tr = runJob(t, context.Background(), home, job, nil)
+	if res.FailureReason != gitlab.ScriptFailure || res.ExitCode != 9 || strings.Contains(tr.String(), "retrying") {
+		t.Fatalf("result = %+v; trace:\n%s", res, tr)
+	}
+
+	// A bad value is reported and ignored.
+	bad := newJob([]string{"true"}, nil, gitlab.Variable{Key: "GET_SOURCES_ATTEMPTS", Value: "99"})
+	res, tr = runJob(t, context.Background(), home, bad, nil)
+	if res.State != gitlab.StateSuccess || !strings.Contains(tr.String(), `ignoring GET_SOURCES_ATTEMPTS "99"`) {
+		t.Fatalf("result = %+v; trace:\n%s", res, tr)
+	}
+}
+
+func TestRunScriptTimeoutVariable(t *testing.T) {
+	clock := &fakeTimers{}
+	job := newJob([]string{"echo started; sleep 60"}, []string{"echo after-ran"}, gitlab.Variable{Key: "RUNNER_SCRIPT_TIMEOUT", Value: "10m"})
+	tr := &traceBuf{}
+	started := tr.appeared("started\n")
+	done := runAsync(context.Background(), jobexec.Options{Job: job, Run: localRunner(t.TempDir()), Trace: tr, AfterFunc: clock.AfterFunc})
+	waitFor(t, started, "the script to start", tr)
+	if n := clock.fire(10 * time.Minute); n != 1 {
+		t.Fatalf("%d RUNNER_SCRIPT_TIMEOUT timers, want 1", n)
+	}
+	res := waitResult(t, done, tr)
+	if res.FailureReason != gitlab.JobExecutionTimeout || !strings.Contains(tr.String(), "RUNNER_SCRIPT_TIMEOUT 10m0s") || !strings.Contains(tr.String(), "after-ran\n") {
+		t.Fatalf("result = %+v; trace:\n%s", res, tr)
+	}
+}

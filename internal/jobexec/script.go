@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/fleetwright/taskscaler/internal/gitlab"
 )
@@ -127,6 +128,12 @@ func newPlan(o *Options) (*plan, error) {
 		p.repoURL = j.GitInfo.RepoURL
 	}
 	p.buildVariables(o)
+	if v, ok := p.vars["GET_SOURCES_ATTEMPTS"]; ok && v != "" && p.getSourcesAttempts() == 1 && v != "1" {
+		p.warnings = append(p.warnings, fmt.Sprintf("ignoring GET_SOURCES_ATTEMPTS %q: want a number from 1 to 10", v))
+	}
+	if v, ok := p.vars["RUNNER_SCRIPT_TIMEOUT"]; ok && v != "" && p.scriptTimeout() == 0 {
+		p.warnings = append(p.warnings, fmt.Sprintf("ignoring RUNNER_SCRIPT_TIMEOUT %q: want a duration such as 30m", v))
+	}
 	if p.debugTracing() {
 		p.warnings = append(p.warnings, "CI_DEBUG_TRACE is enabled: every command of script and after_script is traced with its expanded arguments; masked values stay masked, other values are shown")
 	}
@@ -324,6 +331,22 @@ func (p *plan) afterScriptBody() string {
 	p.debugTrace(&b)
 	commands(&b, p.afterScript.Script)
 	return b.String()
+}
+
+// getSourcesAttempts is GET_SOURCES_ATTEMPTS (1-10), else 1.
+func (p *plan) getSourcesAttempts() int {
+	if n, err := strconv.Atoi(p.vars["GET_SOURCES_ATTEMPTS"]); err == nil && n >= 1 && n <= 10 {
+		return n
+	}
+	return 1
+}
+
+// scriptTimeout is RUNNER_SCRIPT_TIMEOUT (a Go duration), else 0.
+func (p *plan) scriptTimeout() time.Duration {
+	if d, err := time.ParseDuration(p.vars["RUNNER_SCRIPT_TIMEOUT"]); err == nil && d > 0 {
+		return d
+	}
+	return 0
 }
 
 // debugTracing reports whether CI_DEBUG_TRACE is "true": the job asks for
