@@ -137,6 +137,7 @@ const (
 	UpdateTraceValidationFailed
 )
 
+// String returns the status's snake_case name, as used in logs.
 func (s UpdateStatus) String() string {
 	switch s {
 	case UpdateSucceeded:
@@ -278,6 +279,7 @@ const (
 	PatchAbort
 )
 
+// String returns the status's snake_case name, as used in logs.
 func (s PatchStatus) String() string {
 	switch s {
 	case PatchSucceeded:

@@ -421,6 +421,8 @@ type StatusError struct {
 	RequestID string
 }
 
+// Error names the endpoint, the status, the start of the body and the
+// correlation id.
 func (e *StatusError) Error() string {
 	msg := ""
 	if e.Message != "" {

@@ -1,6 +1,8 @@
 // Package gitlab is the client side of GitLab's runner jobs API
 // (/api/v4/jobs/request, PUT /api/v4/jobs/:id, PATCH /api/v4/jobs/:id/trace)
-// and the job payload types. See docs/ for the protocol notes.
+// and the job payload types: Client for the calls, JobTrace for a job's
+// trace and state, and the test server in gitlabtest. See
+// docs/gitlab-protocol.md for what is implemented and why.
 package gitlab
 
 import "encoding/json"
