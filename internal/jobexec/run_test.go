@@ -366,6 +366,7 @@ func TestRunBadPayload(t *testing.T) {
 		{"bad GIT_STRATEGY", badStrategy, nil, `GIT_STRATEGY "rsync" is not supported`},
 		{"no repo url", noRepo, nil, "git_info.repo_url is empty"},
 		{"no runner", newJob([]string{"true"}, nil), func(o *jobexec.Options) { o.Run = nil }, "no command runner"},
+		{"negative slot", newJob([]string{"true"}, nil), func(o *jobexec.Options) { o.Slot = -1 }, "slot -1 is negative"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ran := false

@@ -94,6 +94,9 @@ func newPlan(o *Options) (*plan, error) {
 	if len(p.script.Script) == 0 {
 		return nil, fmt.Errorf("the job's script step has no commands")
 	}
+	if o.Slot < 0 {
+		return nil, fmt.Errorf("slot %d is negative; slots are numbered from 0 (internal error)", o.Slot)
+	}
 	rel, err := projectPath(j)
 	if err != nil {
 		return nil, err
