@@ -258,20 +258,22 @@ func TestRunTimeout(t *testing.T) {
 
 func TestRunDefaultTimeouts(t *testing.T) {
 	for _, tc := range []struct {
-		seconds int
-		opt     time.Duration
-		want    time.Duration
+		seconds   int
+		opt       time.Duration
+		want      time.Duration
+		after     time.Duration
+		wantAfter time.Duration
 	}{
-		{0, 0, 2 * time.Hour},
-		{-5, 0, 2 * time.Hour},
-		{90, 0, 90 * time.Second},
-		{90, time.Minute, time.Minute},
+		{0, 0, 2 * time.Hour, 0, jobexec.DefaultAfterScriptTimeout},
+		{-5, 0, 2 * time.Hour, 0, jobexec.DefaultAfterScriptTimeout},
+		{90, 0, 90 * time.Second, 0, jobexec.DefaultAfterScriptTimeout},
+		{90, time.Minute, time.Minute, 2 * time.Minute, 2 * time.Minute},
 	} {
 		clock := &fakeTimers{}
 		job := newJob([]string{"true"}, []string{"true"})
 		job.RunnerInfo.Timeout = tc.seconds
 		res, tr := runJob(t, context.Background(), t.TempDir(), job, func(o *jobexec.Options) {
-			o.AfterFunc, o.Timeout = clock.AfterFunc, tc.opt
+			o.AfterFunc, o.Timeout, o.AfterScriptTimeout = clock.AfterFunc, tc.opt, tc.after
 		})
 		if res.State != gitlab.StateSuccess {
 			t.Fatalf("result = %+v; trace:\n%s", res, tr)
@@ -280,8 +282,8 @@ func TestRunDefaultTimeouts(t *testing.T) {
 		for _, tm := range clock.timers {
 			ds = append(ds, tm.d)
 		}
-		if len(ds) != 2 || ds[0] != tc.want || ds[1] != jobexec.DefaultAfterScriptTimeout {
-			t.Errorf("timeout %d s, option %s: timers %v, want [%s %s]", tc.seconds, tc.opt, ds, tc.want, jobexec.DefaultAfterScriptTimeout)
+		if len(ds) != 2 || ds[0] != tc.want || ds[1] != tc.wantAfter {
+			t.Errorf("timeout %d s, options %s/%s: timers %v, want [%s %s]", tc.seconds, tc.opt, tc.after, ds, tc.want, tc.wantAfter)
 		}
 	}
 }
