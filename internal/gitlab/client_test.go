@@ -154,6 +154,9 @@ func TestRequestJobLongPollAndHeaders(t *testing.T) {
 		if d := time.Since(start); d < 50*time.Second {
 			t.Errorf("empty long poll returned after %s, want 50 s", d)
 		}
+		if ids := srv.SystemIDs(); len(ids) != 1 || ids[0] != "s_0123456789ab" {
+			t.Errorf("system_id seen by the server: %v", ids)
+		}
 		if srv.RunnerInfo().Features != gitlab.AdvertisedFeatures() {
 			t.Errorf("server saw features %+v", srv.RunnerInfo().Features)
 		}

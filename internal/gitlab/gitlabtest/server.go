@@ -777,13 +777,18 @@ func (s *Server) answerRequestLocked(body requestBody) requestAnswer {
 // the queue (RetryStuckWaitingJobWorker); s.mu held.
 func (s *Server) requeueExpiredLocked() {
 	now := time.Now()
+	var expired []int64
 	for id, j := range s.jobs {
 		if j.waiting && j.rec.State == StatusPending && now.After(j.deadline) {
-			j.waiting = false
-			s.queue = append(s.queue, id)
-			s.log.Info("job not acknowledged in time; requeued", zap.Int64("job_id", id))
-			s.bumpLocked()
+			expired = append(expired, id)
 		}
+	}
+	slices.Sort(expired) // requeue in id order, not map order
+	for _, id := range expired {
+		s.jobs[id].waiting = false
+		s.queue = append(s.queue, id)
+		s.log.Info("job not acknowledged in time; requeued", zap.Int64("job_id", id))
+		s.bumpLocked()
 	}
 }
 
