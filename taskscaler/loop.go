@@ -448,13 +448,35 @@ func (t *Taskscaler) step() {
 func (t *Taskscaler) planStep(now time.Time) {
 	o := &t.o
 	views := t.buildViews()
+	for len(o.peakQ) > 0 && !o.peakQ[0].exp.After(now) {
+		o.peakQ = o.peakQ[1:]
+	}
+	if len(o.peakQ) == 0 {
+		o.peakQ = o.peakQ[:0:0] // let a long-drained backing array go
+	}
+	recent := 0
+	if o.pol.idleTime > 0 {
+		recent = o.lastInUse
+		if len(o.peakQ) > 0 && o.peakQ[0].v > recent {
+			recent = o.peakQ[0].v
+		}
+	}
 	d := demand{
-		pending:   o.nState[kPending],
-		blocked:   t.blockedDemand(),
-		reserved:  o.nState[kReserved],
-		requested: o.requested,
+		pending:     o.nState[kPending],
+		blocked:     t.blockedDemand(),
+		reserved:    o.nState[kReserved],
+		requested:   o.requested,
+		recentInUse: recent,
 	}
 	p := o.pl.plan(now, views, o.pol, t.lim, d)
+	if o.pol.idleTime > 0 && p.inUse < o.lastInUse {
+		e := peakEntry{v: o.lastInUse, exp: now.Add(o.pol.idleTime)}
+		for len(o.peakQ) > 0 && o.peakQ[len(o.peakQ)-1].v <= e.v {
+			o.peakQ = o.peakQ[:len(o.peakQ)-1]
+		}
+		o.peakQ = append(o.peakQ, e)
+	}
+	o.lastInUse = p.inUse
 	if p.desired != o.desired {
 		t.log.Debug("required scaling change", zap.Int("desired_instances", p.desired), zap.Int("required_slots", p.required),
 			zap.Int("acquired", p.counts.acquired), zap.Int("pending", d.pending), zap.Int("reserved", d.reserved),
@@ -543,6 +565,9 @@ func (t *Taskscaler) arm(now time.Time) bool {
 		consider(o.nextUpdate)
 	}
 	consider(o.nextCheck)
+	if len(o.peakQ) > 0 {
+		consider(o.peakQ[0].exp)
+	}
 	consider(o.throttleAt)
 	if o.wantCreate > 0 && !o.increasing {
 		if now.Before(o.incBlocked) {

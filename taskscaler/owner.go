@@ -64,6 +64,11 @@ type instance struct {
 	readyAt   time.Time
 }
 
+type peakEntry struct {
+	v   int       // slots in use
+	exp time.Time // until when it counts
+}
+
 type reqEntry struct {
 	at, doneAt time.Time
 	n          int
@@ -91,6 +96,12 @@ type ownerState struct {
 
 	requested  int
 	reqLog     []reqEntry
+
+	// In-use slot counts that dropped in the last idle_time: a monotonic
+	// queue (values decreasing, expiries increasing) whose front is the
+	// highest still relevant.
+	peakQ     []peakEntry
+	lastInUse int
 	increasing bool
 	decreasing bool
 	updating   bool
@@ -316,6 +327,12 @@ func (t *Taskscaler) policyAt(now time.Time) policy {
 		pol, dynamic := activePolicy(o.schedules, now)
 		if pol != o.pol {
 			o.pol = pol
+			// The new idle_time also bounds how long past demand counts.
+			for i := range o.peakQ {
+				if lim := now.Add(pol.idleTime); o.peakQ[i].exp.After(lim) {
+					o.peakQ[i].exp = lim
+				}
+			}
 			t.touch()
 		}
 		if dynamic {
@@ -385,6 +402,9 @@ func (t *Taskscaler) handleReq(r *request) {
 		r.reply <- response{}
 	case reqStop:
 		o.stop = true
+		r.reply <- response{}
+	case reqInspect:
+		r.fn()
 		r.reply <- response{}
 	case reqEvent:
 		ev := r.ev

@@ -72,6 +72,9 @@ type demand struct {
 	blocked   int
 	reserved  int // outstanding reservations (not demand; see DESIGN)
 	requested int // instances accepted by Increase but not yet listed
+	// recentInUse is the highest in-use slot count (acquired + pending) of
+	// the last idle_time, not counting now (0 when idle_time is 0).
+	recentInUse int
 }
 
 // removeReason says why the planner removes an instance.
@@ -126,6 +129,7 @@ type plan struct {
 	required   int // slots
 	desired    int // instances, capped by max_instances
 	create     int // instances to request, within max_instances
+	inUse      int // acquired + pending slots
 	remove     []removal
 	// nextCheck is the earliest time an idle instance crosses idle_time
 	// (zero if none): the planner must run again then.
@@ -234,7 +238,10 @@ func countSlots(views []view, lim limits, requested int) slotCounts {
 //     that are failed, unhealthy or at max_use_count are removed;
 //   - idle instances past idle_time are removed longest-idle first while the
 //     free ready slots left stay >= the idle target and, in preemptive mode,
-//     >= the outstanding reservations.
+//     >= the outstanding reservations; for this the in-use slots are the
+//     highest of the last idle_time (d.recentInUse), and slots in use then
+//     but free now must stay too, so a job ending just before the next one
+//     starts cannot cause create/delete churn.
 //
 // The returned plan and its remove slice are reused by the next call.
 func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d demand) *plan {
@@ -286,7 +293,13 @@ func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d de
 
 	inUse := c.acquired + d.pending
 	target := idleTarget(pol, inUse)
-	keep := target
+	// Scale-down looks back over idle_time: slots in use at any time of the
+	// last idle_time stay available (free now only because a job just
+	// ended and the next has not started), and so does the idle target
+	// they called for. Without this, every job end would remove the
+	// longest-idle instance and the next job start would create one again.
+	peak := max(inUse, d.recentInUse)
+	keep := idleTarget(pol, peak) + peak - inUse
 	if pol.preemptive && d.reserved > keep {
 		keep = d.reserved
 	}
@@ -305,6 +318,7 @@ func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d de
 			}
 			free -= u
 			c.idle -= u
+			c.unavailable -= lim.capacity - u // its slots beyond max_use_count go too
 			c.live--
 			out.remove = append(out.remove, removal{i, reasonIdle})
 		}
@@ -335,6 +349,7 @@ func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d de
 	out.required = required
 	out.desired = desired
 	out.create = create
+	out.inUse = inUse
 	return out
 }
 

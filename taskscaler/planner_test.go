@@ -320,6 +320,14 @@ func TestPlanScaleDown(t *testing.T) {
 			wantRemove: []int{2}, // target 2: instance 1 covers it
 		},
 		{
+			name:       "removing an idle instance with slots beyond max_use_count creates no replacement (found by the property test)",
+			views:      []view{ready(0, 0, time.Hour)},
+			pol:        policy{},
+			lim:        limits{capacity: 2, maxUseCount: 1},
+			wantRemove: []int{0},
+			wantCreate: 0,
+		},
+		{
 			name:       "deleting instances are ignored, not removed again",
 			views:      []view{{phase: phaseRemoving}, {phase: phaseDeleting}},
 			pol:        policy{},

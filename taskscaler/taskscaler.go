@@ -153,6 +153,7 @@ type request struct {
 	target    *request
 	schedules []compiledSchedule
 	ev        *event
+	fn        func()
 	reply     chan response
 }
 
@@ -171,6 +172,7 @@ const (
 	reqShutdown
 	reqStop
 	reqEvent
+	reqInspect // tests: run fn in the owner goroutine
 )
 
 type response struct {
