@@ -94,14 +94,14 @@ type ownerState struct {
 	nextCheck  time.Time
 	wantCreate int
 
-	requested  int
-	reqLog     []reqEntry
+	requested int
+	reqLog    []reqEntry
 
 	// In-use slot counts that dropped in the last idle_time: a monotonic
 	// queue (values decreasing, expiries increasing) whose front is the
 	// highest still relevant.
-	peakQ     []peakEntry
-	lastInUse int
+	peakQ      []peakEntry
+	lastInUse  int
 	increasing bool
 	decreasing bool
 	updating   bool

@@ -599,7 +599,7 @@ func (e *propEnv) checkNoChurn() {
 	e.quiesce()
 	demand := rapid.IntRange(1, e.maxInst*e.capac).Draw(e.rt, "steady_demand")
 	s := Schedule{
-		IdleCount:   rapid.IntRange(0, e.capac).Draw(e.rt, "steady_idle_count"),
+		IdleCount: rapid.IntRange(0, e.capac).Draw(e.rt, "steady_idle_count"),
 		// idle_time 0 asks for no reuse between jobs: a released instance
 		// goes before the next job arrives, by definition.
 		IdleTime:    rapid.SampledFrom([]time.Duration{time.Minute, 10 * time.Minute}).Draw(e.rt, "steady_idle_time"),
