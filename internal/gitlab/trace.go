@@ -75,12 +75,13 @@ type TraceOptions struct {
 // Finish flushes the rest and sends the final state. It is an io.Writer and
 // safe for concurrent use.
 type JobTrace struct {
-	c     *Client
-	id    int64
-	token string
-	opts  TraceOptions
-	clock Clock
-	log   *zap.Logger
+	c       *Client
+	id      int64
+	token   string
+	reasons []string // the job's features.failure_reasons
+	opts    TraceOptions
+	clock   Clock
+	log     *zap.Logger
 
 	mu        sync.Mutex
 	buf       []byte
@@ -132,7 +133,7 @@ func (c *Client) NewJobTrace(job *Job, opts TraceOptions) *JobTrace {
 		clock = c.clock
 	}
 	return &JobTrace{
-		c: c, id: job.ID, token: job.Token, opts: opts, clock: clock,
+		c: c, id: job.ID, token: job.Token, reasons: job.Features.FailureReasons, opts: opts, clock: clock,
 		log:      c.log.With(zap.Int64("job_id", job.ID)),
 		interval: opts.UpdateInterval,
 		cancelCh: make(chan struct{}), abortCh: make(chan struct{}),
@@ -489,7 +490,9 @@ func (t *JobTrace) sendChunk(ctx context.Context, final bool) (more, ok bool, er
 // Finish stops the background sender, sends the rest of the trace (chunks
 // of ≤ 1 MiB, resyncing on 416), then the final PUT with u's state,
 // failure_reason and exit_code plus the trace's checksum and bytesize,
-// identical on every retry. It repeats the PUT while GitLab answers 202
+// identical on every retry; the failure reason is first mapped to one GitLab
+// knows (MapFailureReason with the job's features.failure_reasons). It
+// repeats the PUT while GitLab answers 202
 // (waiting the server's interval) and retries failures up to
 // FinalUpdateRetries times with exponential backoff. It returns nil when
 // GitLab accepted the final state (also when a repeated PUT finds the job
@@ -502,6 +505,8 @@ func (t *JobTrace) Finish(ctx context.Context, u Update) error {
 	}
 	if u.State == StateSuccess {
 		u.FailureReason, u.ExitCode = "", 0
+	} else {
+		u.FailureReason = MapFailureReason(u.FailureReason, t.reasons)
 	}
 	t.mu.Lock()
 	if !t.finished {
@@ -650,4 +655,47 @@ func (t *JobTrace) flush(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// alwaysSupported are the failure reasons every GitLab accepts, whatever
+// the job's features.failure_reasons says (GitLab Runner's rule).
+var alwaysSupported = []FailureReason{ScriptFailure, RunnerSystemFailure, JobExecutionTimeout}
+
+// fallbackReasons maps newer reasons to older ones for GitLab versions that
+// do not list them (GitLab Runner's failure_reason_mapper).
+var fallbackReasons = map[FailureReason]FailureReason{
+	"image_pull_failure":                 RunnerSystemFailure,
+	"runner_configuration_error":         ScriptFailure,
+	"runner_external_dependency_failure": RunnerSystemFailure,
+}
+
+// MapFailureReason returns reason if GitLab understands it (one of
+// script_failure, runner_system_failure, job_execution_timeout, or listed
+// in supported, the job's features.failure_reasons), else its older
+// equivalent if that is understood, else unknown_failure. An empty reason
+// stays empty (GitLab then records unknown_failure itself).
+func MapFailureReason(reason FailureReason, supported []string) FailureReason {
+	ok := func(r FailureReason) bool {
+		for _, a := range alwaysSupported {
+			if r == a {
+				return true
+			}
+		}
+		for _, s := range supported {
+			if string(r) == s {
+				return true
+			}
+		}
+		return false
+	}
+	switch {
+	case reason == "":
+		return ""
+	case ok(reason):
+		return reason
+	}
+	if fb, found := fallbackReasons[reason]; found && ok(fb) {
+		return fb
+	}
+	return UnknownFailure
 }

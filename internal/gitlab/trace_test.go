@@ -596,3 +596,47 @@ func TestNoTokensInLogs(t *testing.T) {
 		}
 	})
 }
+
+func TestMapFailureReason(t *testing.T) {
+	list := []string{"unknown_failure", "script_failure", "runner_interrupted"}
+	cases := []struct {
+		in        gitlab.FailureReason
+		supported []string
+		want      gitlab.FailureReason
+	}{
+		{gitlab.ScriptFailure, nil, gitlab.ScriptFailure},
+		{gitlab.RunnerSystemFailure, nil, gitlab.RunnerSystemFailure},
+		{gitlab.JobExecutionTimeout, nil, gitlab.JobExecutionTimeout},
+		{gitlab.RunnerInterrupted, list, gitlab.RunnerInterrupted},
+		{gitlab.RunnerInterrupted, nil, gitlab.UnknownFailure},
+		{"runner_configuration_error", list, gitlab.ScriptFailure},
+		{"runner_configuration_error", []string{"runner_configuration_error"}, "runner_configuration_error"},
+		{"image_pull_failure", nil, gitlab.RunnerSystemFailure},
+		{"job_canceled", list, gitlab.UnknownFailure},
+		{"", list, ""},
+	}
+	for _, tc := range cases {
+		if got := gitlab.MapFailureReason(tc.in, tc.supported); got != tc.want {
+			t.Errorf("MapFailureReason(%q, %v) = %q, want %q", tc.in, tc.supported, got, tc.want)
+		}
+	}
+}
+
+func TestFinishMapsFailureReason(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv, c := newPair(t, gitlabtest.Options{})
+		srv.AddJob(&gitlab.Job{Features: gitlab.Features{FailureReasons: []string{"script_failure"}}})
+		job, err := c.RequestJob(t.Context())
+		if err != nil || job == nil {
+			t.Fatal(job, err)
+		}
+		tr := c.NewJobTrace(job, gitlab.TraceOptions{})
+		mustStart(t, tr)
+		if err := tr.Finish(t.Context(), gitlab.Update{State: gitlab.StateFailed, FailureReason: gitlab.RunnerInterrupted}); err != nil {
+			t.Fatal(err)
+		}
+		if rec := srv.Job(job.ID); rec.RawFailureReason != "unknown_failure" {
+			t.Errorf("sent %q; runner_interrupted is not in the job's failure_reasons, so unknown_failure", rec.RawFailureReason)
+		}
+	})
+}
