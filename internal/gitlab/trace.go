@@ -245,7 +245,9 @@ func (t *JobTrace) Start(ctx context.Context) error {
 	t.mu.Unlock()
 	t.startOnce.Do(func() {
 		lctx, stop := context.WithCancel(ctx)
+		t.mu.Lock()
 		t.stop = stop
+		t.mu.Unlock()
 		go t.loop(lctx)
 	})
 	return nil
@@ -519,9 +521,10 @@ func (t *JobTrace) Finish(ctx context.Context, u Update) error {
 	}
 	u.Checksum = fmt.Sprintf("crc32:%08x", t.crc)
 	u.Bytesize = int64(len(t.buf))
+	stop := t.stop
 	t.mu.Unlock()
-	if t.stop != nil {
-		t.stop()
+	if stop != nil {
+		stop()
 		<-t.done
 	}
 

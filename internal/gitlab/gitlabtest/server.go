@@ -114,9 +114,8 @@ type Fault struct {
 	// JobID restricts the fault to one job (update and trace); 0 = any.
 	JobID int64
 	// Status is the HTTP status answered instead of the real one (e.g.
-	// 500, 502, 503, 429, 416, 404, 403). 416 on trace answers with the
-	// real "Range: 0-<size>" and writes nothing. 0 with Lose means: run
-	// the call normally, then drop the answer.
+	// 500, 502, 503, 429, 416, 404, 403); nothing is applied. 416 on
+	// trace answers with the real "Range: 0-<size>". See Lose for 0.
 	Status int
 	// Times is how many calls the fault applies to; 0 means 1.
 	Times int
@@ -124,8 +123,9 @@ type Fault struct {
 	RetryAfter time.Duration
 	// RateLimitReset is sent as RateLimit-ResetTime (RFC 1123) when set.
 	RateLimitReset time.Time
-	// Lose applies the call's effect server-side, then drops the
-	// connection without an answer (a lost response).
+	// Lose drops the connection without an answer. With Status 0 the call
+	// is applied first (a lost response: GitLab did the work, the runner
+	// never heard); with a Status nothing is applied (a lost request).
 	Lose bool
 }
 
