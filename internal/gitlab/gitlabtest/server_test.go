@@ -484,7 +484,7 @@ func manyJobs(t *testing.T, seed uint64) {
 				var buf bytes.Buffer
 				w := io.MultiWriter(tr, &buf)
 				for line := range 200 {
-					fmt.Fprintf(w, "job %d line %d %s\n", job.ID, line, strings.Repeat("x", line*50))
+					fmt.Fprintf(w, "job %d line %d %s\n", job.ID, line, strings.Repeat("x", line*8))
 					if line%20 == 0 {
 						time.Sleep(2 * time.Second)
 					}
