@@ -211,22 +211,21 @@ func TestCorruptFile(t *testing.T) {
 }
 
 func TestUnreadableFile(t *testing.T) {
-	if os.Geteuid() == 0 {
-		t.Skip("root reads any file")
-	}
 	s, _, logs := newStore(t)
-	if err := s.Save(t.Context(), sample("i-1", 1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(s.Path("i-1"), 0); err != nil {
+	// A directory where the file should be cannot be read, even by root.
+	if err := os.Mkdir(s.Path("i-1"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	_, ok, err := s.Load(t.Context(), "i-1")
 	if ok || err != nil {
 		t.Fatalf("Load of unreadable file = %v, %v; want no state", ok, err)
 	}
-	if logs.FilterMessageSnippet("cannot read").Len() != 1 {
-		t.Fatalf("no warning: %v", logs.All())
+	ws := logs.FilterMessageSnippet("cannot read").All()
+	if len(ws) != 1 || ws[0].ContextMap()["file"] != s.Path("i-1") {
+		t.Fatalf("want one warning naming the file: %v", logs.All())
+	}
+	if err := s.Save(t.Context(), sample("i-1", 1)); err == nil {
+		t.Fatal("Save over a directory succeeded")
 	}
 }
 
