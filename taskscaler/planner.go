@@ -251,6 +251,7 @@ func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d de
 	p.cands = p.cands[:0]
 
 	c := countSlots(views, lim, d.requested)
+	minU := 0 // fewest usable slots among idle-removal candidates
 
 	// Removals that need no headroom check: drained instances that can no
 	// longer serve. They stop being live capacity at once.
@@ -282,6 +283,9 @@ func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d de
 				c.unavailable -= lim.capacity
 			case now.Sub(v.lastUsed) >= pol.idleTime:
 				p.cands = append(p.cands, i)
+				if u := usable(v, lim); minU == 0 || u < minU {
+					minU = u
+				}
 			default:
 				at := v.lastUsed.Add(pol.idleTime)
 				if out.nextCheck.IsZero() || at.Before(out.nextCheck) {
@@ -306,7 +310,9 @@ func (p *planner) plan(now time.Time, views []view, pol policy, lim limits, d de
 
 	// Idle removals, longest idle first, keeping the free ready slots at or
 	// above what must stay.
-	if len(p.cands) > 0 {
+	// In steady state nothing can go (the idle target needs every candidate):
+	// then skip the sort.
+	if len(p.cands) > 0 && c.idle-minU >= keep {
 		slices.SortStableFunc(p.cands, func(a, b int) int {
 			return views[a].lastUsed.Compare(views[b].lastUsed)
 		})
