@@ -34,7 +34,9 @@ import (
 	"github.com/fleetwright/taskscaler/taskscaler/filestore"
 )
 
-// formatVersion is the on-disk format version of a record file.
+// formatVersion is the on-disk format version of a record file; bump it
+// when a field of Record is renamed or retyped (testdata/v1.json guards the
+// current format). Unknown fields are ignored.
 const formatVersion = 1
 
 // Record is what the journal keeps about one running job.
@@ -258,7 +260,6 @@ func (j *Journal) read(p, stem string) (Record, error) {
 	}
 	var env envelope
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	err = dec.Decode(&env)
 	switch {
 	case err != nil:

@@ -230,3 +230,26 @@ func TestConcurrentPutRemoveList(t *testing.T) {
 		t.Fatalf("%d unusable records under concurrency: %v", n, logs.All())
 	}
 }
+
+// TestFormatV1 reads a record in the version-1 format; it fails when a
+// field of Record is renamed or retyped (bump formatVersion then).
+func TestFormatV1(t *testing.T) {
+	j, dir, logs := open(t)
+	data, err := os.ReadFile(filepath.Join("testdata", "v1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "20.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := j.List()
+	if err != nil || len(got) != 1 {
+		t.Fatalf("List = %v, %v (%v)", got, err, logs.All())
+	}
+	want := rec(20)
+	want.Final = &jobjournal.Final{State: gitlab.StateFailed, FailureReason: gitlab.ScriptFailure, ExitCode: 2}
+	want.Explained, want.ChecksumUnknown = true, true
+	if d := cmp.Diff(want, got[0]); d != "" {
+		t.Fatalf("v1 record decodes differently (-want +got):\n%s", d)
+	}
+}

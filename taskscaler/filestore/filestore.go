@@ -38,6 +38,13 @@ import (
 
 // formatVersion is the version of the on-disk envelope. Files with another
 // version are treated as corrupt (no state), never guessed at.
+//
+// The format is the JSON encoding of taskscaler.InstanceState (Go field
+// names). Renaming or retyping a field of InstanceState or
+// provider.ConnectInfo changes it: testdata/v1.json guards that, and such a
+// change must bump this version (and ideally read the old one). Unknown
+// fields are ignored, so a file written by a newer version that only added
+// fields still loads after a downgrade.
 const formatVersion = 1
 
 // fileExt is the extension of instance state files.
@@ -182,7 +189,6 @@ func (s *Store) Load(ctx context.Context, id string) (taskscaler.InstanceState, 
 	}
 	var env envelope
 	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
 	err = dec.Decode(&env)
 	switch {
 	case err != nil:

@@ -175,7 +175,6 @@ func TestCorruptFile(t *testing.T) {
 		"trailing":     `{"version":1,"state":{"ID":"i-1"}} {}`,
 		"version":      `{"version":99,"state":{"ID":"i-1"}}`,
 		"other id":     `{"version":1,"state":{"ID":"i-2"}}`,
-		"unknown key":  `{"version":1,"state":{"ID":"i-1"},"extra":1}`,
 		"empty":        ``,
 		"wrong shapes": `{"version":1,"state":{"ID":"i-1","UseCount":"three"}}`,
 	} {
@@ -359,5 +358,26 @@ func TestContextDone(t *testing.T) {
 	}
 	if err := s.Delete(ctx, "i-1"); err == nil {
 		t.Error("Delete with done context succeeded")
+	}
+}
+
+// TestFormatV1 decodes a file in the version-1 format, as written by
+// earlier releases. It fails when a field of InstanceState or ConnectInfo
+// is renamed or retyped; bump formatVersion then.
+func TestFormatV1(t *testing.T) {
+	s, _, logs := newStore(t)
+	data, err := os.ReadFile(filepath.Join("testdata", "v1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.Path("i-0abc"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := s.Load(t.Context(), "i-0abc")
+	if err != nil || !ok {
+		t.Fatalf("Load of a v1 file = %v, %v (%v)", ok, err, logs.All())
+	}
+	if d := cmp.Diff(sample("i-0abc", 3), got); d != "" {
+		t.Fatalf("v1 file decodes differently (-want +got):\n%s", d)
 	}
 }
