@@ -41,6 +41,7 @@ func wantInTrace(t *testing.T, out string, wants ...string) {
 }
 
 func TestGitShallowClone(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	home := t.TempDir()
 	res, tr := runJob(t, context.Background(), home, gitJob(repo, shas[2], 1, nil), nil)
@@ -59,6 +60,7 @@ func TestGitShallowClone(t *testing.T) {
 }
 
 func TestGitFullCloneOlderSha(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	res, tr := runJob(t, context.Background(), t.TempDir(), gitJob(repo, shas[1], 0, nil), nil)
 	out := mustSucceed(t, res, tr)
@@ -66,6 +68,7 @@ func TestGitFullCloneOlderSha(t *testing.T) {
 }
 
 func TestGitRefspecs(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	git(t, repo, "update-ref", "refs/pipelines/9", shas[0])
 	job := gitJob(repo, shas[0], 1, []string{"+refs/pipelines/9:refs/pipelines/9"})
@@ -75,6 +78,7 @@ func TestGitRefspecs(t *testing.T) {
 }
 
 func TestGitDepthVariableOverrides(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	job := gitJob(repo, shas[2], 1, nil)
 	job.Variables = append(job.Variables, gitlab.Variable{Key: "GIT_DEPTH", Value: "2"})
@@ -84,6 +88,7 @@ func TestGitDepthVariableOverrides(t *testing.T) {
 }
 
 func TestGitFetchReusesSlotDirectory(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	home := t.TempDir()
 	first := gitJob(repo, shas[2], 0, nil, "touch untracked.tmp", "echo local-change > file.txt")
@@ -128,6 +133,7 @@ func succeedOn(t *testing.T, home string, job *gitlab.Job, slot int) string {
 }
 
 func TestGitStrategyNoneDoesNotTouchRepository(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	job := newJob([]string{"ls -A | wc -l", "pwd"}, nil)
 	job.GitInfo.RepoURL = "file:///nonexistent"
@@ -140,6 +146,7 @@ func TestGitStrategyNoneDoesNotTouchRepository(t *testing.T) {
 }
 
 func TestGitBadShaIsScriptFailureBeforeScript(t *testing.T) {
+	t.Parallel()
 	repo, _ := testRepo(t)
 	home := t.TempDir()
 	marker := filepath.Join(home, "after")
@@ -155,6 +162,7 @@ func TestGitBadShaIsScriptFailureBeforeScript(t *testing.T) {
 }
 
 func TestGitPreAndPostGetSourcesHooks(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	job := gitJob(repo, shas[2], 1, nil)
 	job.Hooks = []gitlab.Hook{
@@ -174,6 +182,7 @@ func TestGitPreAndPostGetSourcesHooks(t *testing.T) {
 // repo_url, as GitLab sends it: the clone works, the token is in neither
 // .git/config nor the trace.
 func TestGitCredentialsOverHTTP(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	out, err := exec.Command("git", "--exec-path").Output()
 	if err != nil {
@@ -223,6 +232,7 @@ func TestGitCredentialsOverHTTP(t *testing.T) {
 }
 
 func TestGitUsesServerCAFile(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	job := gitJob(repo, shas[2], 1, nil)
 	job.Variables = append(job.Variables, gitlab.Variable{Key: "CI_SERVER_TLS_CA_FILE", Value: "-----BEGIN CERTIFICATE-----\n", File: true})

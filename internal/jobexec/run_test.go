@@ -21,6 +21,7 @@ import (
 )
 
 func TestRunSuccessWithVariables(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	job := newJob([]string{
 		`echo "plain=$PLAIN"`,
@@ -88,6 +89,7 @@ func TestRunSuccessWithVariables(t *testing.T) {
 }
 
 func TestRunScriptFailureExitCode(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	job := newJob([]string{"echo before", "false_exit() { return 3; }; false_exit", "echo never-printed"},
 		[]string{`echo "after status=$CI_JOB_STATUS"`})
@@ -114,6 +116,7 @@ func TestRunScriptFailureExitCode(t *testing.T) {
 }
 
 func TestRunPipefailAndExitCodes(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		cmd  string
 		code int
@@ -133,6 +136,7 @@ func TestRunPipefailAndExitCodes(t *testing.T) {
 }
 
 func TestRunAfterScriptFailureKeepsSuccess(t *testing.T) {
+	t.Parallel()
 	job := newJob([]string{"echo ok"}, []string{`echo "after status=$CI_JOB_STATUS"; pwd; exit 5`})
 	res, tr := runJob(t, context.Background(), t.TempDir(), job, nil)
 	out := tr.String()
@@ -147,6 +151,7 @@ func TestRunAfterScriptFailureKeepsSuccess(t *testing.T) {
 }
 
 func TestRunPrePostBuildScripts(t *testing.T) {
+	t.Parallel()
 	job := newJob([]string{"echo script"}, []string{"echo after"})
 	res, tr := runJob(t, context.Background(), t.TempDir(), job, func(o *jobexec.Options) {
 		o.PreBuildScript = "echo pre-build\necho pre-build-2"
@@ -170,6 +175,7 @@ func TestRunPrePostBuildScripts(t *testing.T) {
 }
 
 func TestRunGracefulCancelStopsScriptRunsAfterScript(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	pidFile := filepath.Join(home, "sleep.pid")
 	job := newJob([]string{
@@ -227,6 +233,7 @@ func assertProcessGone(t *testing.T, pidFile string) {
 }
 
 func TestRunTimeout(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	job := newJob([]string{"echo started", "sleep 60", "echo never-printed"}, []string{`echo "after status=$CI_JOB_STATUS"`})
 	job.RunnerInfo.Timeout = 3600
@@ -257,6 +264,7 @@ func TestRunTimeout(t *testing.T) {
 }
 
 func TestRunDefaultTimeouts(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		seconds   int
 		opt       time.Duration
@@ -289,6 +297,7 @@ func TestRunDefaultTimeouts(t *testing.T) {
 }
 
 func TestRunAfterScriptTimeout(t *testing.T) {
+	t.Parallel()
 	clock := &fakeTimers{}
 	job := newJob([]string{"echo ok"}, []string{"echo after-started; sleep 60"}, gitlab.Variable{Key: "RUNNER_AFTER_SCRIPT_TIMEOUT", Value: "90s"})
 	tr := &traceBuf{}
@@ -308,6 +317,7 @@ func TestRunAfterScriptTimeout(t *testing.T) {
 }
 
 func TestRunAbortStopsAtOnce(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	marker := filepath.Join(home, "after-ran")
 	pidFile := filepath.Join(home, "sleep.pid")
@@ -341,6 +351,7 @@ func TestRunAbortStopsAtOnce(t *testing.T) {
 }
 
 func TestRunBadPayload(t *testing.T) {
+	t.Parallel()
 	noScript := newJob([]string{"true"}, nil)
 	noScript.Steps = nil
 	emptyScript := newJob(nil, nil)
@@ -401,6 +412,7 @@ func TestRunBadPayload(t *testing.T) {
 }
 
 func TestRunRunnerErrorIsSystemFailure(t *testing.T) {
+	t.Parallel()
 	lost := errors.New("ssh: connection lost")
 	for _, tc := range []struct {
 		name          string
@@ -434,6 +446,7 @@ func TestRunRunnerErrorIsSystemFailure(t *testing.T) {
 }
 
 func TestRunWarnsAboutUnsupportedFeatures(t *testing.T) {
+	t.Parallel()
 	job := newJob([]string{"true"}, nil)
 	job.Artifacts = append(job.Artifacts, []byte(`{"paths":["x"]}`))
 	job.Cache = append(job.Cache, []byte(`{"key":"k"}`))
@@ -450,6 +463,7 @@ func TestRunWarnsAboutUnsupportedFeatures(t *testing.T) {
 }
 
 func TestRunMasksTokensInOutput(t *testing.T) {
+	t.Parallel()
 	job := newJob([]string{
 		`echo "token=$CI_JOB_TOKEN"`,
 		`printf 'pat=glpat-'; printf 'abcdefABCDEF012345 end\n'`,
@@ -478,6 +492,7 @@ func TestRunMasksTokensInOutput(t *testing.T) {
 }
 
 func TestRunAbortDuringAfterScript(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	job := newJob([]string{"echo ok"}, []string{"echo after-started; sleep 60"})
 	tr := &traceBuf{}
@@ -498,6 +513,7 @@ func TestRunAbortDuringAfterScript(t *testing.T) {
 }
 
 func TestRunGitMissingIsSystemFailure(t *testing.T) {
+	t.Parallel()
 	repo, shas := testRepo(t)
 	job := gitJob(repo, shas[2], 1, nil)
 	res, tr := runJob(t, context.Background(), t.TempDir(), job, func(o *jobexec.Options) {
@@ -531,6 +547,7 @@ func TestRunKeepsSessionPath(t *testing.T) {
 }
 
 func TestRunDebugTrace(t *testing.T) {
+	t.Parallel()
 	job := newJob([]string{`X="value-$((1+1))"`}, nil,
 		gitlab.Variable{Key: "CI_DEBUG_TRACE", Value: "true"},
 		gitlab.Variable{Key: "SECRET", Value: "debug-secret-value", Masked: true})
@@ -554,6 +571,7 @@ func TestRunDebugTrace(t *testing.T) {
 // logger and checks that no log entry carries a masked value or the job
 // token.
 func TestRunNeverLogsSecrets(t *testing.T) {
+	t.Parallel()
 	core, logs := observer.New(zap.DebugLevel)
 	log := zap.New(core)
 	const secret = "log-secret-value"
@@ -579,6 +597,7 @@ func TestRunNeverLogsSecrets(t *testing.T) {
 }
 
 func TestRunGetSourcesAttempts(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	marker := filepath.Join(home, "first-attempt")
 	job := newJob([]string{"echo script-ran"}, nil, gitlab.Variable{Key: "GET_SOURCES_ATTEMPTS", Value: "3"})
@@ -605,6 +624,7 @@ func TestRunGetSourcesAttempts(t *testing.T) {
 }
 
 func TestRunScriptTimeoutVariable(t *testing.T) {
+	t.Parallel()
 	clock := &fakeTimers{}
 	job := newJob([]string{"echo started; sleep 60"}, []string{"echo after-ran"}, gitlab.Variable{Key: "RUNNER_SCRIPT_TIMEOUT", Value: "10m"})
 	tr := &traceBuf{}

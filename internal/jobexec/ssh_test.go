@@ -33,6 +33,7 @@ func sshRunner(t *testing.T) (jobexec.Runner, string) {
 // TestOverSSH runs jobs through the real connector and an in-process SSH
 // server: exit codes, masking, cancel with after_script, timeout.
 func TestOverSSH(t *testing.T) {
+	t.Parallel()
 	run, dir := sshRunner(t)
 	opts := func(job *gitlab.Job, tr *traceBuf) jobexec.Options {
 		return jobexec.Options{Job: job, Run: run, Trace: tr, InstanceID: "i-ssh", Slot: 1, BuildsDir: filepath.Join(dir, "b")}
