@@ -178,12 +178,10 @@ func TestGitPreAndPostGetSourcesHooks(t *testing.T) {
 	}
 }
 
-// TestGitCredentialsOverHTTP clones over smart HTTP with the job token in
-// repo_url, as GitLab sends it: the clone works, the token is in neither
-// .git/config nor the trace.
-func TestGitCredentialsOverHTTP(t *testing.T) {
-	t.Parallel()
-	repo, shas := testRepo(t)
+// authGitServer serves the repositories under root over smart HTTP and
+// requires the job token as the basic-auth password.
+func authGitServer(t *testing.T, root, token string) *httptest.Server {
+	t.Helper()
 	out, err := exec.Command("git", "--exec-path").Output()
 	if err != nil {
 		t.Skip("git --exec-path failed")
@@ -192,8 +190,7 @@ func TestGitCredentialsOverHTTP(t *testing.T) {
 	if _, err := os.Stat(backend); err != nil {
 		t.Skip("git-http-backend not installed")
 	}
-	const token = "glcbt-64_httpJobToken0123456789"
-	h := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + filepath.Dir(repo), "GIT_HTTP_EXPORT_ALL=1"}}
+	h := &cgi.Handler{Path: backend, Env: []string{"GIT_PROJECT_ROOT=" + root, "GIT_HTTP_EXPORT_ALL=1"}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, pass, ok := r.BasicAuth()
 		if !ok || user != "gitlab-ci-token" || pass != token {
@@ -203,7 +200,55 @@ func TestGitCredentialsOverHTTP(t *testing.T) {
 		}
 		h.ServeHTTP(w, r)
 	}))
-	defer srv.Close()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// TestGitSubmodulesOverHTTP: a submodule on the same server (relative URL,
+// as GitLab recommends) gets the job token too.
+func TestGitSubmodulesOverHTTP(t *testing.T) {
+	t.Parallel()
+	repo, _ := testRepo(t)
+	root := filepath.Dir(repo)
+	sub := filepath.Join(root, "sub")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	git(t, sub, "init", "-q", "-b", "main")
+	if err := os.WriteFile(filepath.Join(sub, "sub.txt"), []byte("from submodule\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	git(t, sub, "add", "sub.txt")
+	git(t, sub, "commit", "-q", "-m", "sub")
+	git(t, repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", sub, "sub")
+	git(t, repo, "config", "-f", ".gitmodules", "submodule.sub.url", "../sub")
+	git(t, repo, "add", ".gitmodules", "sub")
+	git(t, repo, "commit", "-q", "-m", "add submodule")
+	sha := git(t, repo, "rev-parse", "HEAD")
+
+	const token = "glcbt-64_submoduleToken0123456789"
+	srv := authGitServer(t, root, token)
+	job := gitJob(repo, sha, 0, nil, "cat sub/sub.txt")
+	job.Token = token
+	job.GitInfo.RepoURL = strings.Replace(srv.URL, "http://", "http://gitlab-ci-token:"+token+"@", 1) + "/origin"
+	job.Variables = append(job.Variables, gitlab.Variable{Key: "GIT_SUBMODULE_STRATEGY", Value: "normal"})
+	home := t.TempDir()
+	res, tr := runJob(t, context.Background(), home, job, nil)
+	out := mustSucceed(t, res, tr)
+	wantInTrace(t, out, "Updating Git submodules...", "\nfrom submodule\n")
+	if strings.Contains(out, "submoduleToken") {
+		t.Errorf("job token in the trace:\n%s", out)
+	}
+}
+
+// TestGitCredentialsOverHTTP clones over smart HTTP with the job token in
+// repo_url, as GitLab sends it: the clone works, the token is in neither
+// .git/config nor the trace.
+func TestGitCredentialsOverHTTP(t *testing.T) {
+	t.Parallel()
+	repo, shas := testRepo(t)
+	const token = "glcbt-64_httpJobToken0123456789"
+	srv := authGitServer(t, filepath.Dir(repo), token)
 	home := t.TempDir()
 	job := gitJob(repo, shas[2], 1, nil, "git remote get-url origin")
 	job.Token = token

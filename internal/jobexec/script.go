@@ -66,7 +66,11 @@ type plan struct {
 	script      *gitlab.Step
 	afterScript *gitlab.Step
 	repoURL     string // without credentials
-	repoAuthURL string // with credentials, "" when there are none
+	// authBase and authPrefix are the server's root URL with and without
+	// the credentials of repo_url ("" when it has none): git rewrites
+	// every URL of that server (the project and its submodules on the same
+	// GitLab) to carry the job token.
+	authBase, authPrefix string
 }
 
 // newPlan checks the job payload and prepares the variables. A returned
@@ -123,8 +127,11 @@ func newPlan(o *Options) (*plan, error) {
 	if strings.ContainsAny(bd, "\n\x00") {
 		return nil, fmt.Errorf("builds_dir %q contains a newline or NUL byte", bd)
 	}
-	if u, err := url.Parse(j.GitInfo.RepoURL); err == nil && u.User != nil {
-		p.repoAuthURL = j.GitInfo.RepoURL
+	if u, err := url.Parse(j.GitInfo.RepoURL); err == nil && u.User != nil && u.Host != "" {
+		root := url.URL{Scheme: u.Scheme, User: u.User, Host: u.Host, Path: "/"}
+		p.authBase = root.String()
+		root.User = nil
+		p.authPrefix = root.String()
 		u.User = nil
 		p.repoURL = u.String()
 	} else {
@@ -460,8 +467,8 @@ func (p *plan) sourcesBody(strategy string) (string, error) {
 	// (url.<with token>.insteadOf), never to .git/config or the process
 	// list.
 	auth := ""
-	if p.repoAuthURL != "" {
-		auth = "GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=" + shellQuote("url."+p.repoAuthURL+".insteadOf") + " GIT_CONFIG_VALUE_0=" + q + " "
+	if p.authBase != "" {
+		auth = "GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=" + shellQuote("url."+p.authBase+".insteadOf") + " GIT_CONFIG_VALUE_0=" + shellQuote(p.authPrefix) + " "
 	}
 	fetch := auth + "GIT_TERMINAL_PROMPT=0 git -c fetch.recurseSubmodules=false -c core.askPass=true fetch origin --prune --no-tags"
 	if depth > 0 {

@@ -145,7 +145,7 @@ func TestScriptKeepsSecretsOutOfCommandLine(t *testing.T) {
 	if !strings.Contains(body, "git remote add origin 'https://gitlab.example.com/g/p.git'") {
 		t.Errorf("remote is not the URL without credentials:\n%s", body)
 	}
-	if strings.Count(body, "glcbt-tok_123") != 1 || !strings.Contains(body, "GIT_CONFIG_KEY_0='url.https://gitlab-ci-token:glcbt-tok_123@gitlab.example.com/g/p.git.insteadOf'") {
+	if strings.Count(body, "glcbt-tok_123") != 1 || !strings.Contains(body, "GIT_CONFIG_KEY_0='url.https://gitlab-ci-token:glcbt-tok_123@gitlab.example.com/.insteadOf' GIT_CONFIG_VALUE_0='https://gitlab.example.com/'") {
 		t.Errorf("token must appear only in the fetch's insteadOf environment:\n%s", body)
 	}
 }
