@@ -90,7 +90,9 @@ type Record struct {
 type Final struct {
 	// State is success or failed.
 	State gitlab.JobState `json:"state"`
-	// FailureReason goes with State failed (e.g. script_failure).
+	// FailureReason goes with State failed (e.g. script_failure), already
+	// mapped with gitlab.MapFailureReason to one the job's GitLab knows
+	// (Recover has no job payload to map it).
 	FailureReason gitlab.FailureReason `json:"failure_reason,omitempty"`
 	// ExitCode is the script's exit code.
 	ExitCode int `json:"exit_code,omitempty"`
