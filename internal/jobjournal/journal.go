@@ -80,9 +80,12 @@ type Record struct {
 	// trace (TraceOffset/TraceCRC then include it), so a Recover repeated
 	// after a failed final update does not append it twice.
 	Explained bool `json:"explained,omitempty"`
-	// ChecksumUnknown is set by Recover when GitLab's trace held bytes the
-	// record did not cover (a 416 resync), so TraceCRC is meaningless and
-	// the final update goes without checksum.
+	// ChecksumUnknown means TraceCRC is meaningless and the final update
+	// goes without checksum and size (GitLab only records a missing or
+	// wrong checksum in its metrics). Recover sets it when GitLab's trace
+	// held bytes the record did not cover (a 416 resync); a caller that
+	// knows the acknowledged offset but not the CRC of those bytes sets it
+	// too.
 	ChecksumUnknown bool `json:"checksum_unknown,omitempty"`
 }
 

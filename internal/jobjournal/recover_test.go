@@ -320,3 +320,27 @@ func TestRecoverEmptyJournal(t *testing.T) {
 		t.Fatal("calls made for an empty journal")
 	}
 }
+
+// TestRecoverWithoutCRC: a caller that only knows the acknowledged offset
+// records ChecksumUnknown; Recover still appends at the offset and fails the
+// job, sending no checksum.
+func TestRecoverWithoutCRC(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, gitlabtest.Options{})
+		r, _ := f.runningJob(t, "abc\n")
+		r.TraceCRC, r.ChecksumUnknown = 0, true
+		if err := f.j.Put(r); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := jobjournal.Recover(t.Context(), f.j, f.c, f.log); err != nil || n != 1 {
+			t.Fatalf("Recover = %d, %v", n, err)
+		}
+		got := f.srv.Job(r.JobID)
+		if got.State != gitlabtest.StatusFailed || string(got.Trace) != "abc\n"+string(jobjournal.Explanation("i-0abc")) {
+			t.Fatalf("job %s trace %q", got.State, got.Trace)
+		}
+		if got.ReportedChecksum != "" || got.RangeMismatches != 0 {
+			t.Fatalf("checksum %q, %d range mismatches; want none", got.ReportedChecksum, got.RangeMismatches)
+		}
+	})
+}
