@@ -425,9 +425,11 @@ func (t *Taskscaler) markRemove(in *instance, why removeReason) {
 // dispatches provider work and re-arms the timer.
 func (t *Taskscaler) step() {
 	o := &t.o
-	for range 4 {
-		now := t.clock.Now()
-		o.now = now
+	for i := range 4 {
+		if i > 0 || o.now.IsZero() {
+			o.now = t.clock.Now()
+		}
+		now := o.now
 		t.policyAt(now)
 		t.servePending()
 		if o.dirty {

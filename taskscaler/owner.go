@@ -227,6 +227,7 @@ func (t *Taskscaler) run() {
 				}
 			}
 			if fired {
+				o.now = t.clock.Now()
 				t.step()
 				continue
 			}
