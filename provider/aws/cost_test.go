@@ -17,10 +17,10 @@ func calls(srv *awstest.Server, f func()) map[string]int {
 }
 
 // TestAPICost asserts the API cost of each operation for groups of 500 and
-// 2,500 instances (counted by awstest; fault-free, so attempts = calls).
+// 1,200 instances (counted by awstest; fault-free, so attempts = calls).
 // docs/benchmarks-aws.md records these numbers.
 func TestAPICost(t *testing.T) {
-	for _, n := range []int{500, 2500} {
+	for _, n := range []int{500, 1200} {
 		srv, g, clk := setup(t, awstest.Options{BootDelay: time.Minute}, n+100)
 		pages := (n + 999) / 1000
 

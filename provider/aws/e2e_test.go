@@ -77,7 +77,8 @@ func TestEndToEndDaemonOnAWS(t *testing.T) {
 	}
 	defer lg.Shutdown(context.Background())
 
-	aws := awstest.New(awstest.Options{Seed: 3, DescribeLag: 1, Backing: &awstest.GroupBacking{Group: lg}})
+	backing := &awstest.GroupBacking{Group: lg}
+	aws := awstest.New(awstest.Options{Seed: 3, DescribeLag: 1, Backing: backing})
 	defer aws.Close()
 	aws.CreateGroup("ci-runners", 0, 3, 0)
 
@@ -243,7 +244,10 @@ shutdown_timeout = 30
 	mu.Unlock()
 	// delete_instances_on_shutdown: the group is empty, every simulated
 	// instance got an Instance Connect key, and no backing sandbox is left.
+	// Closing the server waits for in-flight requests, whose handlers may
+	// still be releasing backing sandboxes of terminated instances.
 	st, _ := aws.Group("ci-runners")
+	aws.Close()
 	if len(st.Instances) != 0 || st.Desired != 0 {
 		t.Errorf("after shutdown the group has desired %d and instances %v; want none", st.Desired, st.Instances)
 	}
@@ -254,6 +258,9 @@ shutdown_timeout = 30
 	}
 	if errs := aws.BackingErrors(); len(errs) > 0 {
 		t.Errorf("backing errors: %v", errs)
+	}
+	if errs := backing.Errors(); len(errs) > 0 {
+		t.Errorf("releasing backing sandboxes: %v", errs)
 	}
 	var left []string
 	_ = lg.Update(context.Background(), func(id string, s provider.State) { left = append(left, id+"="+string(s)) })

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -33,6 +34,29 @@ type GroupBacking struct {
 
 	mu    sync.Mutex
 	known map[string]bool
+	live  map[string]string // backing id → simulated id, until released
+	errs  []error
+}
+
+// Live returns the backing instances not released yet, as "backing-id
+// (simulated-id)", sorted.
+func (b *GroupBacking) Live() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for id, sim := range b.live {
+		out = append(out, id+" ("+sim+")")
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Errors returns the errors of release calls (Decrease of a backing
+// instance) so far.
+func (b *GroupBacking) Errors() []error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]error(nil), b.errs...)
 }
 
 // Launch creates one backing instance and returns its SSH port and a
@@ -81,10 +105,30 @@ func (b *GroupBacking) Launch(ctx context.Context, simID string) (int, func(), e
 		}
 	}
 	b.known[newID] = true
+	if b.live == nil {
+		b.live = map[string]string{}
+	}
+	b.live[newID] = simID
 	release := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		_, _ = b.Group.Decrease(ctx, []string{newID})
+		got, err := b.Group.Decrease(ctx, []string{newID})
+		if err == nil && len(got) != 1 {
+			err = fmt.Errorf("backing instance %s (for %s) was not accepted for deletion", newID, simID)
+		}
+		if err == nil {
+			_ = b.Group.Update(ctx, func(id string, st provider.State) {
+				if id == newID {
+					err = fmt.Errorf("backing instance %s (for %s) still listed as %s after Decrease", newID, simID, st)
+				}
+			})
+		}
+		b.mu.Lock()
+		delete(b.live, newID)
+		if err != nil {
+			b.errs = append(b.errs, err)
+		}
+		b.mu.Unlock()
 	}
 	return port, release, nil
 }
