@@ -3,7 +3,6 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -41,9 +40,9 @@ func (f *firstByteTap) Write(p []byte) (int, error) {
 // (idle_count = slots) and returns once they are ready.
 func warmDaemon(b *testing.B, srv *gitlabtest.Server, slots, concurrent int, tap func(JobInput) io.Writer) *Daemon {
 	b.Helper()
-	extra := fmt.Sprintf("request_concurrency = %d", min(concurrent, 4))
-	cfg := localConfig(b, srv.URL(), "glrt-bench", extra)
+	cfg := localConfig(b, srv.URL(), "glrt-bench", "")
 	cfg.Concurrent = concurrent
+	cfg.Runners[0].RequestConcurrency = min(concurrent, 4)
 	a := cfg.Runners[0].Autoscaler
 	a.MaxUseCount = 0
 	a.MaxInstances = (slots + 1) / 2

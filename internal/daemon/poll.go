@@ -5,9 +5,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"go.uber.org/zap"
 
 	"github.com/fleetwright/taskscaler/internal/gitlab"
@@ -85,6 +88,9 @@ type poller struct {
 	isForbidden func(error) bool
 	// outcome, when set, counts each poll: job, empty, error, no_capacity.
 	outcome func(string)
+	// lastUpdate, when set, returns the queue version the next request
+	// will send (the gitlab client's LastUpdate).
+	lastUpdate func() string
 
 	mu        sync.Mutex
 	released  chan struct{} // closed and replaced whenever a job ends
@@ -137,6 +143,13 @@ func newKey() string {
 }
 
 func (p *poller) loop(ctx, jobCtx context.Context) {
+	// Waiting for capacity starts short (a slot is often freed moments
+	// after a job ends; Release is asynchronous) and backs off to
+	// min(check_interval, 1 s). Reserve is an in-process call, not a
+	// GitLab request.
+	capWait := &backoff.ExponentialBackOff{InitialInterval: 10 * time.Millisecond, RandomizationFactor: 0.2,
+		Multiplier: 2, MaxInterval: min(p.checkInterval, noCapacityRetry)}
+	capWait.Reset()
 	for ctx.Err() == nil {
 		if !p.limit.acquire(ctx) {
 			return
@@ -159,11 +172,21 @@ func (p *poller) loop(ctx, jobCtx context.Context) {
 			} else {
 				p.log.Debug("no free slot; not asking GitLab for a job", zap.Error(err))
 			}
-			p.wait(ctx, wake, min(p.checkInterval, noCapacityRetry))
+			if p.wait(ctx, wake, capWait.NextBackOff()) {
+				// A job ended: its slot is about to be free (Release
+				// is asynchronous), so start again with short waits.
+				capWait.Reset()
+			}
 			continue
 		}
+		capWait.Reset()
 		began := time.Now()
-		job, err := p.api.RequestJob(ctx)
+		before := ""
+		if p.lastUpdate != nil {
+			before = p.lastUpdate()
+		}
+		info := &pollInfo{}
+		job, err := p.api.RequestJob(context.WithValue(ctx, pollInfoKey{}, info))
 		if err != nil || job == nil {
 			p.scaler.Unreserve(key)
 			release()
@@ -175,13 +198,19 @@ func (p *poller) loop(ctx, jobCtx context.Context) {
 			} else {
 				p.count("empty")
 			}
+			if v := info.version(); err == nil && (info.longPoll.Load() || (v != "" && v != before)) {
+				// Workhorse ended a long poll (the queue changed or the
+				// poll timed out), or GitLab's queue version moved past
+				// the one we sent: ask again at once, with the new
+				// version, which Workhorse holds until the next change.
+				p.resetForbidden()
+				continue
+			}
 			p.afterEmpty(ctx, err, time.Since(began))
 			continue
 		}
 		p.count("job")
-		p.mu.Lock()
-		p.forbidden = 0
-		p.mu.Unlock()
+		p.resetForbidden()
 		p.jobs.Add(1)
 		go func() {
 			defer p.jobs.Done()
@@ -193,10 +222,77 @@ func (p *poller) loop(ctx, jobCtx context.Context) {
 	}
 }
 
+func (p *poller) resetForbidden() {
+	p.mu.Lock()
+	p.forbidden = 0
+	p.mu.Unlock()
+}
+
 func (p *poller) count(outcome string) {
 	if p.outcome != nil {
 		p.outcome(outcome)
 	}
+}
+
+// pollInfo records what the transport saw of one jobs/request call.
+type pollInfo struct {
+	longPoll atomic.Bool
+	mu       sync.Mutex
+	ver      string // X-GitLab-Last-Update of the answer
+}
+
+func (pi *pollInfo) version() string {
+	pi.mu.Lock()
+	defer pi.mu.Unlock()
+	return pi.ver
+}
+
+type pollInfoKey struct{}
+
+// markLongPoll records, for the request whose context is ctx, that the
+// answer came from a Workhorse long poll.
+func markLongPoll(ctx context.Context) {
+	if pi, ok := ctx.Value(pollInfoKey{}).(*pollInfo); ok {
+		pi.longPoll.Store(true)
+	}
+}
+
+// longPollTransport notices GitLab Workhorse's "Gitlab-Ci-Builds-Polling:
+// yes" answer header: a bare 204 with it ends a long poll because the job
+// queue changed (or the poll timed out), so the next request should go out
+// at once instead of after check_interval. A 204 from Rails itself (no
+// Workhorse in front) lacks it, and the request loop then waits
+// check_interval, never spinning.
+type longPollTransport struct{ base http.RoundTripper }
+
+func (t longPollTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err != nil {
+		return resp, err
+	}
+	if resp.Header.Get("Gitlab-Ci-Builds-Polling") == "yes" {
+		markLongPoll(req.Context())
+	}
+	if v := resp.Header.Get("X-GitLab-Last-Update"); v != "" {
+		if pi, ok := req.Context().Value(pollInfoKey{}).(*pollInfo); ok {
+			pi.mu.Lock()
+			pi.ver = v
+			pi.mu.Unlock()
+		}
+	}
+	return resp, err
+}
+
+// withLongPollDetection returns a copy of c whose transport records long
+// poll answers; nil c means http.DefaultClient's settings.
+func withLongPollDetection(c *http.Client) *http.Client {
+	cp := *c
+	base := cp.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	cp.Transport = longPollTransport{base: base}
+	return &cp
 }
 
 // afterEmpty waits after a request that brought no job.
@@ -220,9 +316,7 @@ func (p *poller) afterEmpty(ctx context.Context, err error, took time.Duration) 
 	case err != nil:
 		p.log.Warn("job request failed", zap.Error(err))
 	default:
-		p.mu.Lock()
-		p.forbidden = 0
-		p.mu.Unlock()
+		p.resetForbidden()
 		if took >= p.checkInterval {
 			// A long poll ended without a job: the queue changed, ask again.
 			return
@@ -231,13 +325,16 @@ func (p *poller) afterEmpty(ctx context.Context, err error, took time.Duration) 
 	p.wait(ctx, nil, p.checkInterval)
 }
 
-// wait sleeps for d, or until wake is closed or ctx ends.
-func (p *poller) wait(ctx context.Context, wake <-chan struct{}, d time.Duration) {
+// wait sleeps for d, or until wake is closed or ctx ends. It reports
+// whether wake was closed.
+func (p *poller) wait(ctx context.Context, wake <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 	case <-wake:
+		return true
 	case <-ctx.Done():
 	}
+	return false
 }

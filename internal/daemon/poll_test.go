@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -50,11 +52,12 @@ type fakeAPI struct {
 	mu        sync.Mutex
 	queue     []*gitlab.Job
 	reqTime   time.Duration
+	longPoll  bool // answers carry Workhorse's long-poll header
 	inFlight  int
 	maxFlight int
 	requests  int
 	errs      []error // returned first, one per request
-	onRequest func()  // called with the number of active things checked
+	onRequest func()
 }
 
 func (a *fakeAPI) reqs() int {
@@ -88,6 +91,9 @@ func (a *fakeAPI) RequestJob(ctx context.Context) (*gitlab.Job, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if len(a.queue) == 0 {
+		if a.longPoll {
+			markLongPoll(ctx)
+		}
 		return nil, nil
 	}
 	j := a.queue[0]
@@ -202,8 +208,8 @@ func TestPollerDoesNotRequestWithoutCapacity(t *testing.T) {
 		sc.mu.Lock()
 		denied := sc.denied
 		sc.mu.Unlock()
-		// 4 loops retrying at most once a second for a minute.
-		if denied > 4*61 {
+		// 4 loops backing off to once a second for a minute.
+		if denied > 4*(61+10) {
 			t.Errorf("Reserve was refused %d times in a minute: the loops spin", denied)
 		}
 		close(release)
@@ -255,6 +261,49 @@ func TestPollerPollsAgainAtOnceAfterLongPoll(t *testing.T) {
 			t.Errorf("%d requests in 60 s of 10 s long polls, want 7 (no check_interval pause)", r)
 		}
 	})
+}
+
+func TestPollerPollsAgainAtOnceAfterWorkhorseAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		sc := &fakeScaler{cap: 5, held: map[string]bool{}}
+		// Workhorse answers after 100 ms: the queue changed.
+		api := &fakeAPI{reqTime: 100 * time.Millisecond, longPoll: true}
+		p := newPoller("r", newSemaphore(5), 0, sc, api, func(context.Context, string, *gitlab.Job) {}, 3*time.Second, func(error) bool { return false }, zap.NewNop())
+		go p.run(ctx, t.Context(), 1)
+		time.Sleep(time.Second + time.Millisecond)
+		cancel()
+		synctest.Wait()
+		if r := api.reqs(); r != 11 {
+			t.Errorf("%d requests in 1 s of 100 ms Workhorse answers, want 11 (no check_interval pause)", r)
+		}
+	})
+}
+
+func TestLongPollTransportMarksWorkhorseAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		header string
+		want   bool
+	}{{"yes", true}, {"", false}} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if tc.header != "" {
+				w.Header().Set("Gitlab-Ci-Builds-Polling", tc.header)
+			}
+			w.WriteHeader(http.StatusNoContent)
+		}))
+		c := withLongPollDetection(&http.Client{})
+		info := &pollInfo{}
+		req, _ := http.NewRequestWithContext(context.WithValue(context.Background(), pollInfoKey{}, info), http.MethodPost, srv.URL, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		srv.Close()
+		if got := info.longPoll.Load(); got != tc.want {
+			t.Errorf("header %q: longPoll = %v, want %v", tc.header, got, tc.want)
+		}
+	}
 }
 
 func TestPollerPausesAfterRepeated403(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -92,7 +93,7 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 		URL:        rc.URL,
 		Token:      rc.Token,
 		SystemID:   d.opts.SystemID,
-		HTTPClient: d.opts.HTTPClient,
+		HTTPClient: withLongPollDetection(httpClient(d.opts.HTTPClient)),
 		Logger:     r.log,
 		Version:    d.opts.Version,
 	})
@@ -103,7 +104,15 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 	r.poller = newPoller(r.name, d.global, rc.Limit, r.ts, r.api, r.handleJob, d.cfg.CheckInterval,
 		func(err error) bool { return errors.Is(err, gitlab.ErrForbidden) }, r.log)
 	r.poller.outcome = func(o string) { d.metrics.requests.WithLabelValues(r.name, o).Inc() }
+	r.poller.lastUpdate = r.api.LastUpdate
 	return r, nil
+}
+
+func httpClient(c *http.Client) *http.Client {
+	if c != nil {
+		return c
+	}
+	return gitlab.DefaultHTTPClient()
 }
 
 // Schedules converts [[runners.autoscaler.policy]] entries to taskscaler
