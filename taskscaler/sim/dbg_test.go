@@ -2,7 +2,7 @@ package sim
 
 import (
 	"fmt"
-	"sort"
+	"os"
 	"testing"
 	"time"
 )
@@ -10,16 +10,9 @@ import (
 func TestDbgRounds(t *testing.T) {
 	jobs := dayTrace(t, 3000)
 	cfg := docConfigs(time.Minute, 7)["ephemeral"]
-	cfg.BootJitter = 30 * time.Second
-	cfg.BootFailureRate = 0.05
-	dbgRounds = map[string]int{}
-	run(t, cfg, jobs)
-	var ks []string
-	for k := range dbgRounds {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	for _, k := range ks {
-		fmt.Println(k, dbgRounds[k])
+	for i := range 3 {
+		dbgLog = nil
+		run(t, cfg, jobs)
+		os.WriteFile(fmt.Sprintf("/tmp/dbg%d.txt", i), []byte(fmt.Sprint(dbgLog)), 0o644)
 	}
 }

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 // the Increase that created it until the Decrease that removed it (clouds
 // stop billing when termination starts), or until the end of the run.
 var dbgRounds map[string]int
+var dbgLog []string
 
 type group struct {
 	round []string
@@ -50,6 +52,7 @@ func (g *group) Update(ctx context.Context, fn func(id string, state provider.St
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.round = append(g.round, "U")
+	dbgLog = append(dbgLog, fmt.Sprintf("\n%s U", g.clock.Now().Format("15:04:05")))
 	now := g.clock.Now()
 	type st struct {
 		id string
@@ -76,6 +79,7 @@ func (g *group) Increase(ctx context.Context, n int) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.round = append(g.round, "I")
+	dbgLog = append(dbgLog, fmt.Sprintf("\n%s I %d", g.clock.Now().Format("15:04:05"), n))
 	before := g.f.IDs()
 	got, err := g.f.Increase(ctx, n)
 	if got > 0 {
@@ -103,6 +107,7 @@ func (g *group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.round = append(g.round, "D")
+	dbgLog = append(dbgLog, fmt.Sprintf("\n%s D %v", g.clock.Now().Format("15:04:05"), ids))
 	acc, err := g.f.Decrease(ctx, ids)
 	now := g.clock.Now()
 	for _, id := range acc {

@@ -422,19 +422,26 @@ func (e *engine) loop(start time.Time) (time.Time, error) {
 			break
 		}
 		now = next
-		e.clock.Set(now)
+		// Three phases, each run to quiescence, so that as little
+		// provider work as possible runs concurrently: timers (provider
+		// polling and planner deadlines), job ends, job arrivals.
+		if e.clock.Set(now) > 0 {
+			if err := e.settle(now); err != nil {
+				return now, err
+			}
+		}
 		for e.run.Len() > 0 && !e.run[0].end.After(now) {
 			r := heap.Pop(&e.run).(running)
 			e.ts.Release(key(r.idx))
 			e.acquired--
 			e.done++
+			if err := e.settle(now); err != nil {
+				return now, err
+			}
 		}
 		for e.nextArr < n && !e.jobs[e.nextArr].created.After(now) {
 			e.queue = append(e.queue, e.nextArr)
 			e.nextArr++
-		}
-		if err := e.settle(now); err != nil {
-			return now, err
 		}
 		if err := e.offer(now); err != nil {
 			return now, err
@@ -541,6 +548,9 @@ func (e *engine) offer(now time.Time) error {
 			return fmt.Errorf("sim: Reserve for %s: %w", k, err)
 		}
 		e.qHead++
+		if err := e.ts.Sync(e.ctx); err != nil {
+			return fmt.Errorf("sim: taskscaler sync: %w", err)
+		}
 		c := e.ts.Capacity()
 		if c.Idle > 0 && c.Pending == 0 {
 			// A free ready slot: Acquire returns at once.
@@ -551,6 +561,9 @@ func (e *engine) offer(now time.Time) error {
 				return fmt.Errorf("sim: Acquire for %s with %d idle slots: %w", k, c.Idle, err)
 			}
 			e.start(idx, now)
+			if err := e.settle(now); err != nil {
+				return err
+			}
 			continue
 		}
 		// No free slot: the Acquire waits as pending demand. Run it in a
@@ -576,6 +589,9 @@ func (e *engine) offer(now time.Time) error {
 			if time.Since(t0) > guard {
 				return fmt.Errorf("sim: Acquire for %s was never registered by the taskscaler (bug)", k)
 			}
+		}
+		if err := e.settle(now); err != nil {
+			return err
 		}
 	}
 	if e.qHead > 4096 && e.qHead*2 > len(e.queue) {
