@@ -278,7 +278,9 @@ func (t *Taskscaler) startReadyUp(in *instance) {
 	id, cause := in.id, in.cause
 	t.goWork(func(ctx context.Context) event {
 		ev := event{kind: evReady, id: id}
-		info, err := t.group.ConnectInfo(ctx, id)
+		cctx, cancel := context.WithTimeout(ctx, providerCallTimeout)
+		info, err := t.group.ConnectInfo(cctx, id)
+		cancel()
 		if err != nil {
 			ev.err = err
 			return ev
@@ -503,6 +505,8 @@ func (t *Taskscaler) dispatch(now time.Time) {
 		started := now
 		t.goWork(func(ctx context.Context) event {
 			var states []idState
+			ctx, cancel := context.WithTimeout(ctx, providerCallTimeout)
+			defer cancel()
 			err := t.group.Update(ctx, func(id string, st provider.State) {
 				states = append(states, idState{id, st})
 			})
@@ -514,6 +518,8 @@ func (t *Taskscaler) dispatch(now time.Time) {
 		o.decreaseQ = nil
 		o.decreasing = true
 		t.goWork(func(ctx context.Context) event {
+			ctx, cancel := context.WithTimeout(ctx, providerCallTimeout)
+			defer cancel()
 			acc, err := t.group.Decrease(ctx, ids)
 			return event{kind: evDecrease, ids: ids, acceptedIDs: acc, err: err}
 		})
@@ -547,6 +553,8 @@ func (t *Taskscaler) dispatch(now time.Time) {
 		t.log.Info("increasing instances", zap.Int("count", n), zap.Int("desired_instances", o.desired))
 		t.touch()
 		t.goWork(func(ctx context.Context) event {
+			ctx, cancel := context.WithTimeout(ctx, providerCallTimeout)
+			defer cancel()
 			got, err := t.group.Increase(ctx, n)
 			return event{kind: evIncrease, n: n, accepted: got, err: err}
 		})
@@ -627,6 +635,8 @@ func (t *Taskscaler) heartbeatSweep(now time.Time) {
 				return event{kind: evHeartbeat, id: id}
 			}
 			defer func() { <-t.hbSem }()
+			ctx, cancel := context.WithTimeout(ctx, heartbeatTimeout)
+			defer cancel()
 			var err error
 			if t.hb != nil {
 				if herr := t.hb.Heartbeat(ctx, id); herr != nil && !provider.IsNotSupported(herr) {

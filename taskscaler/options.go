@@ -12,14 +12,30 @@ import (
 
 // Defaults of the options, as GitLab Runner's taskscaler/fleeting defaults.
 const (
-	DefaultUpdateInterval              = time.Minute
+	// DefaultUpdateInterval is the default `update_interval`: Update polling
+	// when no instance is changing state.
+	DefaultUpdateInterval = time.Minute
+	// DefaultUpdateIntervalWhenExpecting is the default
+	// `update_interval_when_expecting`: Update polling while instances are
+	// requested, creating or being deleted.
 	DefaultUpdateIntervalWhenExpecting = 2 * time.Second
-	DefaultDeletionRetryInterval       = time.Minute
-	DefaultShutdownDeletionInterval    = 10 * time.Second
-	DefaultShutdownDeletionRetries     = 3
-	DefaultFailureThreshold            = 3
-	DefaultHeartbeatInterval           = 5 * time.Minute
-	DefaultScaleThrottleLimit          = 100 // instances per second
+	// DefaultDeletionRetryInterval is the default `deletion_retry_interval`.
+	DefaultDeletionRetryInterval = time.Minute
+	// DefaultShutdownDeletionInterval is the default
+	// `shutdown_deletion_interval`.
+	DefaultShutdownDeletionInterval = 10 * time.Second
+	// DefaultShutdownDeletionRetries is the default
+	// `shutdown_deletion_retries` (checks).
+	DefaultShutdownDeletionRetries = 3
+	// DefaultFailureThreshold is the default `failure_threshold`
+	// (consecutive heartbeat failures).
+	DefaultFailureThreshold = 3
+	// DefaultHeartbeatInterval is the default interval of periodic
+	// heartbeats, as GitLab's taskscaler (5 minutes).
+	DefaultHeartbeatInterval = 5 * time.Minute
+	// DefaultScaleThrottleLimit is the default `scale_throttle.limit`, in
+	// instances per second.
+	DefaultScaleThrottleLimit = 100
 )
 
 // Option configures a Taskscaler in New.
@@ -250,8 +266,9 @@ func WithFailureThreshold(n int) Option {
 // 5 min) on every ready instance, as GitLab's heartbeat func
 // (FF_USE_FLEETING_ACQUIRE_HEARTBEATS). When the instance group implements
 // provider.Heartbeater, that check also runs every interval, even without
-// fn. Failures count toward the failure threshold; a failure before hand-out
-// makes Acquire try another slot.
+// fn. Each check may take at most 1 minute. Failures count toward the
+// failure threshold; a failure before hand-out makes Acquire try another
+// slot.
 func WithHeartbeat(fn HeartbeatFunc, interval time.Duration) Option {
 	return func(o *options) {
 		if interval < 0 {

@@ -18,6 +18,12 @@ import (
 // after this long (and at least requestedMinUpdates successful Updates) are
 // no longer counted as requested.
 const (
+	// providerCallTimeout bounds Update, Increase, Decrease and
+	// ConnectInfo calls (a safety net against a hung cloud API; real time).
+	providerCallTimeout = 5 * time.Minute
+	// heartbeatTimeout bounds one heartbeat check (real time); running out
+	// counts as a failure.
+	heartbeatTimeout    = time.Minute
 	requestedTimeout    = 5 * time.Minute
 	requestedMinUpdates = 3
 	maxBatch            = 512
@@ -641,6 +647,8 @@ func (t *Taskscaler) assign(ks *keyState, in *instance) {
 		ks.gen++
 		gen, key, id, info := ks.gen, ks.key, in.id, in.info
 		t.goWork(func(ctx context.Context) event {
+			ctx, cancel := context.WithTimeout(ctx, heartbeatTimeout)
+			defer cancel()
 			err := t.opts.heartbeat(ctx, info)
 			return event{kind: evCheck, id: id, key: key, gen: gen, err: err}
 		})

@@ -369,7 +369,8 @@ func (t *Taskscaler) Capacity() Capacity {
 // fires or a new call arrives. Acquire calls waiting for capacity do not
 // count as work. A virtual-time simulator advances its clock, then calls
 // Sync before observing state. It returns ctx's error if ctx ends first, and
-// ErrShutdown once the taskscaler has stopped.
+// ErrShutdown once the taskscaler has stopped. Do not call it from the
+// ready-up hook or a heartbeat func: it would wait for itself.
 func (t *Taskscaler) Sync(ctx context.Context) error {
 	r := &request{kind: reqSync, reply: make(chan response, 1)}
 	if !t.send(r) {

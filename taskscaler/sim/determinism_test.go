@@ -23,13 +23,13 @@ func docConfigs(boot time.Duration, seed int64) map[string]Config {
 }
 
 func TestSameSeedSameResult(t *testing.T) {
-	jobs := dayTrace(t, 3000)
+	jobs := dayTrace(t, 1000)
 	for name, cfg := range docConfigs(time.Minute, 7) {
 		cfg.BootJitter = 30 * time.Second
 		cfg.BootFailureRate = 0.05
 		t.Run(name, func(t *testing.T) {
 			first := run(t, cfg, jobs)
-			for i := range 3 {
+			for i := range 2 {
 				again := run(t, cfg, jobs)
 				if d := cmp.Diff(first, again); d != "" {
 					t.Fatalf("run %d differs from the first (-first +again):\n%s", i+2, d)

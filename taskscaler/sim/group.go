@@ -2,7 +2,6 @@ package sim
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
@@ -19,11 +18,7 @@ import (
 // "Determinism"), and it keeps the cost books: an instance is billed from
 // the Increase that created it until the Decrease that removed it (clouds
 // stop billing when termination starts), or until the end of the run.
-var dbgRounds map[string]int
-var dbgLog []string
-
 type group struct {
-	round []string
 	f     *fake.Group
 	clock *Clock
 
@@ -51,8 +46,6 @@ func (g *group) Init(ctx context.Context, log *zap.Logger, s provider.Settings) 
 func (g *group) Update(ctx context.Context, fn func(id string, state provider.State)) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.round = append(g.round, "U")
-	dbgLog = append(dbgLog, fmt.Sprintf("\n%s U", g.clock.Now().Format("15:04:05")))
 	now := g.clock.Now()
 	type st struct {
 		id string
@@ -78,8 +71,6 @@ func (g *group) Update(ctx context.Context, fn func(id string, state provider.St
 func (g *group) Increase(ctx context.Context, n int) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.round = append(g.round, "I")
-	dbgLog = append(dbgLog, fmt.Sprintf("\n%s I %d", g.clock.Now().Format("15:04:05"), n))
 	before := g.f.IDs()
 	got, err := g.f.Increase(ctx, n)
 	if got > 0 {
@@ -106,8 +97,6 @@ func (g *group) Increase(ctx context.Context, n int) (int, error) {
 func (g *group) Decrease(ctx context.Context, ids []string) ([]string, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.round = append(g.round, "D")
-	dbgLog = append(dbgLog, fmt.Sprintf("\n%s D %v", g.clock.Now().Format("15:04:05"), ids))
 	acc, err := g.f.Decrease(ctx, ids)
 	now := g.clock.Now()
 	for _, id := range acc {
@@ -128,7 +117,6 @@ func (g *group) Shutdown(ctx context.Context) error { return g.f.Shutdown(ctx) }
 func (g *group) ConnectInfo(ctx context.Context, id string) (provider.ConnectInfo, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.round = append(g.round, "C")
 	return g.f.ConnectInfo(ctx, id)
 }
 

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -481,16 +480,6 @@ func (e *engine) next() (time.Time, bool) {
 func (e *engine) settle(now time.Time) error {
 	if err := e.ts.Sync(e.ctx); err != nil {
 		return fmt.Errorf("sim: taskscaler sync: %w", err)
-	}
-	if dbgRounds != nil {
-		e.grp.mu.Lock()
-		r := e.grp.round
-		e.grp.round = nil
-		e.grp.mu.Unlock()
-		if len(r) > 1 {
-			slices.Sort(r)
-			dbgRounds[strings.Join(r, "")]++
-		}
 	}
 	if e.pending == 0 {
 		return nil
