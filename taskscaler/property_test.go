@@ -146,6 +146,9 @@ type propEnv struct {
 	maxInst int
 	upFail  atomic.Bool
 	policy  Schedule
+
+	unreachMu sync.Mutex
+	unreach   map[string]bool // instances whose connectivity check fails
 }
 
 const (
@@ -171,7 +174,7 @@ func TestPropertyRandomOperations(t *testing.T) {
 }
 
 func propertyCheck(rt *rapid.T) {
-	e := &propEnv{rt: rt, keys: map[string]*mkey{}}
+	e := &propEnv{rt: rt, keys: map[string]*mkey{}, unreach: map[string]bool{}}
 	e.capac = rapid.SampledFrom([]int{1, 2, 4}).Draw(rt, "capacity")
 	e.maxUse = rapid.SampledFrom([]int{0, 0, 1, 3}).Draw(rt, "max_use_count")
 	e.maxInst = rapid.IntRange(1, 6).Draw(rt, "max_instances")
@@ -190,7 +193,14 @@ func propertyCheck(rt *rapid.T) {
 			}
 			return nil
 		}),
-		WithHeartbeat(nil, 5*time.Minute),
+		WithHeartbeat(func(ctx context.Context, info provider.ConnectInfo) error {
+			e.unreachMu.Lock()
+			defer e.unreachMu.Unlock()
+			if e.unreach[info.ID] {
+				return errors.New("ssh: connect: connection refused")
+			}
+			return nil
+		}, 5*time.Minute),
 	}
 	if rapid.Bool().Draw(rt, "throttle") {
 		opts = append(opts, WithScaleThrottle(1, 1))
@@ -385,7 +395,7 @@ func (e *propEnv) release(k string) {
 func (e *propEnv) fault() {
 	rt := e.rt
 	ids := e.g.IDs()
-	switch rapid.IntRange(0, 7).Draw(rt, "fault") {
+	switch rapid.IntRange(0, 8).Draw(rt, "fault") {
 	case 0:
 		e.g.mu.Lock()
 		e.g.failIncrease++
@@ -416,6 +426,13 @@ func (e *propEnv) fault() {
 		if len(ids) > 0 {
 			id := rapid.SampledFrom(ids).Draw(rt, "unhealthy")
 			e.g.SetUnhealthy(id, true)
+		}
+	case 8:
+		if len(ids) > 0 {
+			id := rapid.SampledFrom(ids).Draw(rt, "unreachable")
+			e.unreachMu.Lock()
+			e.unreach[id] = true
+			e.unreachMu.Unlock()
 		}
 	}
 }
@@ -535,6 +552,9 @@ func (e *propEnv) quiesce() {
 	}
 	e.g.clearFaults()
 	e.upFail.Store(false)
+	e.unreachMu.Lock()
+	clear(e.unreach)
+	e.unreachMu.Unlock()
 	for _, id := range e.g.IDs() {
 		e.g.Unstick(id)
 		e.g.SetUnhealthy(id, false)
