@@ -348,19 +348,23 @@ func (t *Taskscaler) increaseDone(now time.Time, ev event) {
 	asked := ev.n
 	accepted := min(max(ev.accepted, 0), asked)
 	short := asked - accepted
-	if len(o.reqLog) > 0 {
-		e := &o.reqLog[len(o.reqLog)-1]
+	// If its entry is gone, every instance it asked for was listed already
+	// and nothing is left to correct.
+	for i := range o.reqLog {
+		e := &o.reqLog[i]
+		if e.seq != o.incSeq {
+			continue
+		}
 		e.doneAt = now
 		if short > 0 {
 			d := min(short, e.n)
 			e.n -= d
 			o.requested -= d
 			if e.n <= 0 {
-				o.reqLog = o.reqLog[:len(o.reqLog)-1]
+				o.reqLog = append(o.reqLog[:i], o.reqLog[i+1:]...)
 			}
 		}
-	} else if short > 0 {
-		o.requested = max(0, o.requested-short)
+		break
 	}
 	if ev.err != nil {
 		wait := o.incBackoff.NextBackOff()
@@ -549,7 +553,8 @@ func (t *Taskscaler) dispatch(now time.Time) {
 		o.wantCreate -= n
 		o.increasing = true
 		o.requested += n
-		o.reqLog = append(o.reqLog, reqEntry{at: now, n: n})
+		o.incSeq++
+		o.reqLog = append(o.reqLog, reqEntry{seq: o.incSeq, at: now, n: n})
 		t.log.Info("increasing instances", zap.Int("count", n), zap.Int("desired_instances", o.desired))
 		t.touch()
 		t.goWork(func(ctx context.Context) event {

@@ -76,6 +76,7 @@ type peakEntry struct {
 }
 
 type reqEntry struct {
+	seq        uint64 // which Increase call
 	at, doneAt time.Time
 	n          int
 	updates    int
@@ -109,6 +110,7 @@ type ownerState struct {
 	peakQ      []peakEntry
 	lastInUse  int
 	increasing bool
+	incSeq     uint64 // of the Increase call in flight
 	decreasing bool
 	updating   bool
 	decreaseQ  []string
