@@ -135,6 +135,18 @@ type Daemon struct {
 
 	abortOnce sync.Once
 	abort     chan struct{}
+
+	mu          sync.Mutex
+	metricsAddr string // bound listen_address, once serving
+}
+
+// MetricsAddr returns the address /metrics is served on ("" before Run
+// started serving it, or without listen_address). With listen_address
+// ":0" it tells which port was chosen.
+func (d *Daemon) MetricsAddr() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.metricsAddr
 }
 
 // New creates a taskscaler (calling the provider's Init) and a GitLab client

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -312,4 +313,44 @@ func TestUnknownProviderIsAClearError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "not built in") {
 		t.Errorf("New error = %v, want 'not built in'", err)
 	}
+}
+
+func TestMetricsEndpoint(t *testing.T) {
+	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: "glrt-fake", LongPoll: 200 * time.Millisecond})
+	defer srv.Close()
+	fr := newFakeRun()
+	close(fr.release)
+	cfg := fakeConfig(t, srv.URL(), `listen_address = "127.0.0.1:0"`, "")
+	finished := make(chan Event, 1)
+	d, stop := startDaemon(t, cfg, Options{RunJob: fr.run, ScalerOptions: []taskscaler.Option{noHeartbeat()},
+		OnEvent: func(ev Event) {
+			if ev.Kind == EventFinished {
+				finished <- ev
+			}
+		}})
+	srv.AddJob(shellJob("counted", []string{"x"}, nil, 60))
+	recv(t, finished, "job end") // metrics are counted before the event
+	addr := d.MetricsAddr()
+	if addr == "" {
+		t.Fatal("metrics not served although listen_address is set")
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(b)
+	for _, want := range []string{
+		`instance_runner_jobs_total{failure_reason="",runner="fake",state="success"} 1`,
+		`instance_runner_slots{runner="fake",state="idle"}`,
+		`instance_runner_instances{runner="fake",state="running"}`,
+		`instance_runner_job_requests_total{outcome="job",runner="fake"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	_ = stop()
 }

@@ -100,6 +100,9 @@ func (d *Daemon) serveMetrics(ctx context.Context, addr string) error {
 			d.log.Error("metrics server stopped", zap.Error(err))
 		}
 	}()
+	d.mu.Lock()
+	d.metricsAddr = ln.Addr().String()
+	d.mu.Unlock()
 	d.log.Info("serving metrics", zap.String("listen_address", ln.Addr().String()))
 	return nil
 }

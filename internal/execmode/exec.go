@@ -27,6 +27,7 @@ import (
 
 	"github.com/fleetwright/taskscaler/internal/config"
 	"github.com/fleetwright/taskscaler/internal/daemon"
+	"github.com/fleetwright/taskscaler/internal/gitlab"
 	"github.com/fleetwright/taskscaler/internal/gitlab/gitlabtest"
 	"github.com/fleetwright/taskscaler/internal/pipeline"
 	"github.com/fleetwright/taskscaler/taskscaler"
@@ -179,7 +180,9 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 
 	// The in-process GitLab and the git server share one loopback listener.
 	runnerToken := "glrt-exec" + newJobToken()[9:25]
-	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: runnerToken, LongPoll: 5 * time.Second})
+	// Trace every second (GitLab's pace while someone watches the job
+	// log), so output is live and a cancel is seen within a second.
+	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: runnerToken, LongPoll: 5 * time.Second, TraceUpdateInterval: time.Second})
 	defer srv.Close()
 	mux := http.NewServeMux()
 	if repo != nil {
@@ -214,6 +217,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	d, err := daemon.New(ctx, cfg, daemon.Options{
 		Logger: log, SystemID: "r_execlocal001", Version: opts.Version,
 		ScalerOptions: opts.ScalerOptions, OnEvent: tracker.event(o),
+		Trace: gitlab.TraceOptions{UpdateInterval: time.Second, KeepAlive: time.Second},
 	})
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -162,5 +163,95 @@ func TestExecBadPipelineIsAClearError(t *testing.T) {
 	_, err = Run(context.Background(), Options{Dir: dir, Jobs: []string{"nope"}, File: filepath.Join(dir, ".gitlab-ci.yml")})
 	if err == nil {
 		t.Error("unknown job name accepted")
+	}
+}
+
+// triggerWriter calls fn once when a line containing marker is written.
+type triggerWriter struct {
+	mu     sync.Mutex
+	buf    strings.Builder
+	marker string
+	fn     func()
+	done   bool
+}
+
+func (w *triggerWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if !w.done && strings.Contains(w.buf.String(), w.marker) {
+		w.done = true
+		go w.fn()
+	}
+	return len(p), nil
+}
+
+func (w *triggerWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+func TestExecInterruptCancelsRunningJobs(t *testing.T) {
+	dir := newGitRepo(t, map[string]string{".gitlab-ci.yml": `
+slow:
+  script:
+    - echo started-slow-job
+    - sleep 60
+  after_script:
+    - echo after-script-after-cancel
+`})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &triggerWriter{marker: "[slow] started-slow-job", fn: cancel}
+	res, err := Run(ctx, Options{Dir: dir, Stdout: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Success || len(res.Jobs) != 1 || res.Jobs[0].Status != StatusCanceled {
+		t.Errorf("result = %+v, want one canceled job and Success false\n%s", res, out.String())
+	}
+	if !strings.Contains(out.String(), "[slow] after-script-after-cancel") {
+		t.Errorf("after_script did not run after the interrupt:\n%s", out.String())
+	}
+}
+
+func TestExecConfigReplacesURLAndToken(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(path, []byte(`concurrent = 2
+[[runners]]
+  name = "mine"
+  url = "https://gitlab.example.com"
+  token = "glrt-real-token"
+  executor = "instance"
+  [runners.autoscaler]
+    plugin = "aws"
+    max_instances = 2
+    [runners.autoscaler.plugin_config]
+      name = "my-asg"
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cfg, err := execConfig(Options{ConfigPath: path, Stderr: &stderr}, "http://127.0.0.1:1234", "glrt-local", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Runners[0]
+	if r.URL != "http://127.0.0.1:1234" || r.Token != "glrt-local" || r.Autoscaler.Provider != "aws" {
+		t.Errorf("runner = url %q token %q provider %q", r.URL, r.Token, r.Autoscaler.Provider)
+	}
+	if !strings.Contains(stderr.String(), "--listen") {
+		t.Errorf("no warning that cloud instances must reach the listener: %q", stderr.String())
+	}
+	// The generated config: local provider, 2 slots × 4 instances.
+	cfg, err = execConfig(Options{}, "http://127.0.0.1:1234", "glrt-local", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.Runners[0].Autoscaler
+	if a.Provider != "local" || a.CapacityPerInstance != 2 || a.MaxInstances != 4 || !a.DeleteInstancesOnShutdown || cfg.Concurrent != 8 {
+		t.Errorf("generated config = %+v (concurrent %d)", a, cfg.Concurrent)
 	}
 }
