@@ -2,6 +2,8 @@ package taskscaler
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,8 +33,9 @@ func (t *Taskscaler) handleEvent(ev event) {
 			t.health(in, ev.err, "heartbeat")
 		}
 	case evStorage:
+		o.storing = false
 		if ev.err != nil {
-			t.log.Warn("instance state storage failed", zap.String("instance_id", ev.id), zap.Error(ev.err))
+			t.log.Warn("instance state storage failed", zap.Error(ev.err))
 		}
 	}
 	t.touch()
@@ -234,10 +237,7 @@ func (t *Taskscaler) gone(in *instance, why string) {
 	o.list = o.list[:last]
 	delete(o.byID, in.id)
 	if t.opts.storage != nil {
-		id := in.id
-		t.goWork(func(ctx context.Context) event {
-			return event{kind: evStorage, id: id, err: t.opts.storage.Delete(ctx, id)}
-		})
+		o.storeDel = append(o.storeDel, in.id)
 	}
 	t.touch()
 }
@@ -334,12 +334,59 @@ func (t *Taskscaler) readyDone(now time.Time, ev event) {
 	in.v.lastUsed = now
 	in.readyAt = now
 	t.log.Info("instance ready", zap.String("instance_id", in.id), zap.String("cause", string(in.cause)), zap.Bool("restored", ev.up.Restored))
-	if t.opts.storage != nil {
-		st := InstanceState{ID: in.id, Info: in.info, UseCount: in.v.useCount, ReadyAt: now}
-		t.goWork(func(ctx context.Context) event {
-			return event{kind: evStorage, id: st.ID, err: t.opts.storage.Save(ctx, st)}
-		})
+	t.markStore(in)
+}
+
+// markStore queues in's state to be saved (coalesced; see dispatchStore).
+func (t *Taskscaler) markStore(in *instance) {
+	if t.opts.storage != nil && !in.storeDirty {
+		in.storeDirty = true
+		t.o.storeQ = append(t.o.storeQ, in)
 	}
+}
+
+// dispatchStore runs the queued storage writes in one worker, in order:
+// saves of instances still ready, then deletions of instances gone. One
+// batch at a time, so a deletion never overtakes a save of the same id.
+func (t *Taskscaler) dispatchStore() {
+	o := &t.o
+	if t.opts.storage == nil || o.storing || (len(o.storeQ) == 0 && len(o.storeDel) == 0) {
+		return
+	}
+	var saves []InstanceState
+	for _, in := range o.storeQ {
+		in.storeDirty = false
+		if o.byID[in.id] != in || in.v.phase != phaseReady {
+			continue
+		}
+		st := InstanceState{ID: in.id, Info: in.info, UseCount: in.v.useCount, ReadyAt: in.readyAt}
+		for _, ks := range in.slots {
+			if ks != nil && ks.state == kAcquired {
+				st.Acquisitions = append(st.Acquisitions, ks.key)
+			}
+		}
+		saves = append(saves, st)
+	}
+	clear(o.storeQ)
+	o.storeQ = o.storeQ[:0]
+	dels := o.storeDel
+	o.storeDel = nil
+	o.storing = true
+	store := t.opts.storage
+	t.goWork(func(ctx context.Context) event {
+		var errs []error
+		for _, st := range saves {
+			if err := store.Save(ctx, st); err != nil {
+				errs = append(errs, fmt.Errorf("save %s: %w", st.ID, err))
+			}
+		}
+		for _, id := range dels {
+			if err := store.Delete(ctx, id); err != nil {
+				errs = append(errs, fmt.Errorf("delete %s: %w", id, err))
+			}
+		}
+		return event{kind: evStorage, err: errors.Join(errs...)}
+	})
 }
 
 func (t *Taskscaler) increaseDone(now time.Time, ev event) {
@@ -504,6 +551,7 @@ func (t *Taskscaler) planStep(now time.Time) {
 // dispatch starts provider calls that are due.
 func (t *Taskscaler) dispatch(now time.Time) {
 	o := &t.o
+	t.dispatchStore()
 	if !o.updating && !now.Before(o.nextUpdate) {
 		o.updating = true
 		started := now

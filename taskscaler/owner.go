@@ -68,6 +68,8 @@ type instance struct {
 	decAt     time.Time // last Decrease (accepted or not)
 	decQueued bool      // in the decrease queue or in flight
 	readyAt   time.Time
+	// storeDirty: queued in ownerState.storeQ for a Save.
+	storeDirty bool
 }
 
 type peakEntry struct {
@@ -126,6 +128,10 @@ type ownerState struct {
 	throttleAt   time.Time
 
 	hbNext time.Time
+
+	storeQ   []*instance // instances whose state must be saved
+	storeDel []string    // ids whose stored state must be deleted
+	storing  bool        // a storage worker is running
 
 	inflight    int
 	syncWaiters []*request
@@ -494,6 +500,7 @@ func (t *Taskscaler) freeSlot(ks *keyState) {
 	in.slots[ks.slot] = nil
 	in.v.acquired--
 	in.v.lastUsed = t.o.now
+	t.markStore(in)
 	t.touch()
 }
 
@@ -663,6 +670,7 @@ func (t *Taskscaler) handOut(ks *keyState) {
 	in := ks.inst
 	ks.acq = &acquisition{t: t, key: ks.key, id: in.id, slot: ks.slot, info: in.info}
 	t.setState(ks, kAcquired)
+	t.markStore(in)
 	if ks.req != nil {
 		ks.req.reply <- response{acq: ks.acq}
 		ks.req = nil

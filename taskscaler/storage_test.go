@@ -80,6 +80,12 @@ func TestLoopStorageRestoresPreexisting(t *testing.T) {
 		if _, err := ts.Acquire(context.Background(), "k"); err != nil {
 			t.Fatal(err)
 		}
+		synctest.Wait()
+		store.mu.Lock()
+		if st := store.m[known]; st.UseCount != 3 || len(st.Acquisitions) != 1 || st.Acquisitions[0] != "k" || st.Info.ID != known {
+			t.Errorf("stored state after acquisition: %+v", st)
+		}
+		store.mu.Unlock()
 		ts.Release("k")
 		settle(10 * time.Second)
 		if _, ok := g.Instances()[known]; ok && g.Instances()[known] != provider.StateDeleting {
@@ -87,8 +93,10 @@ func TestLoopStorageRestoresPreexisting(t *testing.T) {
 		}
 		store.mu.Lock()
 		defer store.mu.Unlock()
-		if _, ok := store.m[unknown]; ok {
-			t.Error("state of a removed instance kept in storage")
+		for _, id := range []string{known, unknown} {
+			if _, ok := store.m[id]; ok {
+				t.Errorf("state of removed instance %s kept in storage", id)
+			}
 		}
 	})
 }

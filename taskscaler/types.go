@@ -67,9 +67,12 @@ type InstanceState struct {
 }
 
 // Storage keeps per-instance state across restarts, keyed by instance id,
-// as GitLab's state storage. Implementations must be safe for concurrent
-// use; calls run outside the owner goroutine and never block Reserve or
-// Acquire.
+// as GitLab's state storage. The taskscaler loads the state of instances
+// found at start, saves an instance's state when it becomes ready and after
+// acquisitions and releases (coalesced: one batch of writes at a time), and
+// deletes it when the instance is gone. Calls run in a worker goroutine,
+// never blocking Reserve or Acquire; implementations must be safe for
+// concurrent use.
 type Storage interface {
 	// Load returns the stored state of instance id, and false when there is
 	// none.
