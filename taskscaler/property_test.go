@@ -161,6 +161,7 @@ var propSteps atomic.Int64
 
 func TestPropertyRandomOperations(t *testing.T) {
 	const minSteps = 10_000
+	propSteps.Store(0)
 	for round := 0; propSteps.Load() < minSteps; round++ {
 		if round >= 20 {
 			t.Fatalf("only %d random steps after %d rounds", propSteps.Load(), round)
