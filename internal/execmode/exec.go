@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -249,7 +250,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		results := make([]JobResult, len(stage))
 		for i, j := range stage {
 			results[i] = JobResult{Name: j.Name, Stage: j.Stage, AllowFailure: j.AllowFailure}
-			run, status, note := decide(j, failed)
+			run, status, note := decide(j, failed, slices.Contains(opts.Jobs, j.Name))
 			if !run {
 				results[i].Status, results[i].Note = status, note
 				o.printf("[%s] %s: %s\n", j.Name, status, note)
@@ -285,10 +286,18 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	return res, nil
 }
 
-// decide says whether job j runs given whether an earlier stage failed.
-func decide(j *pipeline.Job, failed bool) (bool, Status, string) {
+// decide says whether job j runs given whether an earlier stage failed;
+// named is true when the job was named on the command line (which runs a
+// manual job, as pressing its play button).
+func decide(j *pipeline.Job, failed, named bool) (bool, Status, string) {
 	switch j.When {
 	case pipeline.Manual:
+		if named && !failed {
+			return true, "", ""
+		}
+		if named {
+			return false, StatusSkipped, "an earlier stage failed"
+		}
 		return false, StatusManual, "when: manual jobs are not run by exec; run it by name: instance-runner exec " + j.Name
 	case pipeline.Never:
 		return false, StatusSkipped, "when: never"
@@ -336,6 +345,9 @@ func execConfig(opts Options, url, token, tmp string) (*config.Config, error) {
 		}
 		for i := range cfg.Runners {
 			cfg.Runners[i].URL, cfg.Runners[i].Token = url, token
+			// exec is a one-shot command: it never leaves instances
+			// behind.
+			cfg.Runners[i].Autoscaler.DeleteInstancesOnShutdown = true
 			if cfg.Runners[i].Autoscaler.Provider != "local" && loopback(opts.Listen) {
 				fmt.Fprintf(opts.Stderr, "warning: runner %q uses the %s provider: its instances must reach %s to fetch jobs' sources; use --listen with an address they can reach\n",
 					cfg.Runners[i].Name, cfg.Runners[i].Autoscaler.Provider, url)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwright/taskscaler/internal/pipeline"
 	"github.com/fleetwright/taskscaler/provider/local"
 )
 
@@ -101,6 +102,30 @@ func TestExecRunsPipelineStageByStage(t *testing.T) {
 	for _, e := range entries {
 		if e.IsDir() {
 			t.Errorf("instance %s left behind", e.Name())
+		}
+	}
+}
+
+func TestDecide(t *testing.T) {
+	for _, tc := range []struct {
+		when          pipeline.When
+		failed, named bool
+		run           bool
+		status        Status
+	}{
+		{pipeline.OnSuccess, false, false, true, ""},
+		{pipeline.OnSuccess, true, false, false, StatusSkipped},
+		{pipeline.OnFailure, false, false, false, StatusSkipped},
+		{pipeline.OnFailure, true, false, true, ""},
+		{pipeline.Always, true, false, true, ""},
+		{pipeline.Manual, false, false, false, StatusManual},
+		{pipeline.Manual, false, true, true, ""},
+		{pipeline.Manual, true, true, false, StatusSkipped},
+		{pipeline.Never, false, true, false, StatusSkipped},
+	} {
+		run, st, _ := decide(&pipeline.Job{Name: "j", When: tc.when}, tc.failed, tc.named)
+		if run != tc.run || st != tc.status {
+			t.Errorf("decide(%s, failed=%v, named=%v) = %v %q, want %v %q", tc.when, tc.failed, tc.named, run, st, tc.run, tc.status)
 		}
 	}
 }
@@ -239,7 +264,7 @@ func TestExecConfigReplacesURLAndToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := cfg.Runners[0]
-	if r.URL != "http://127.0.0.1:1234" || r.Token != "glrt-local" || r.Autoscaler.Provider != "aws" {
+	if r.URL != "http://127.0.0.1:1234" || r.Token != "glrt-local" || r.Autoscaler.Provider != "aws" || !r.Autoscaler.DeleteInstancesOnShutdown {
 		t.Errorf("runner = url %q token %q provider %q", r.URL, r.Token, r.Autoscaler.Provider)
 	}
 	if !strings.Contains(stderr.String(), "--listen") {
