@@ -119,19 +119,33 @@ func TestEndToEndLocalProvider(t *testing.T) {
 	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 416, Times: 3})
 	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 502, Times: 4})
 	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, Status: 500, Times: 3})
-	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 429, Times: 3})
+	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointTrace, Status: 429, Times: 3, RetryAfter: time.Second})
+	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, Status: 429, Times: 2})
+	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, Lose: true, Times: 3}) // answers lost after the effect
 	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointRequest, Status: 503, Times: 2})
 	var mu sync.Mutex
 	uses := map[string]int{} // jobs started per instance
+	finished := map[int64]chan Event{}
+	finishedCh := func(id int64) chan Event {
+		mu.Lock()
+		defer mu.Unlock()
+		if finished[id] == nil {
+			finished[id] = make(chan Event, 1)
+		}
+		return finished[id]
+	}
 	_, stop := startDaemon(t, cfg, Options{
 		// Short trace intervals so that a cancel is seen within a second
 		// (GitLab's keep-alive is 30 s) and faults hit many PATCHes.
 		Trace: gitlab.TraceOptions{UpdateInterval: 200 * time.Millisecond, KeepAlive: time.Second},
 		OnEvent: func(ev Event) {
-			if ev.Kind == EventStarted {
+			switch ev.Kind {
+			case EventStarted:
 				mu.Lock()
 				uses[ev.InstanceID]++
 				mu.Unlock()
+			case EventFinished:
+				finishedCh(ev.JobID) <- ev
 			}
 		},
 	})
@@ -150,7 +164,7 @@ func TestEndToEndLocalProvider(t *testing.T) {
 		ids = append(ids, id)
 		return id
 	}
-	for i := range 15 {
+	for i := range 14 {
 		script := []string{fmt.Sprintf("for n in $(seq 1 %d); do echo \"job %d line $n\"; done", 50+i*10, i)}
 		if i%5 == 0 { // some big traces: chunking under faults
 			script = append(script, "seq 1 40000", "head -c 200000 /dev/zero | tr '\\0' x; echo")
@@ -166,21 +180,30 @@ func TestEndToEndLocalProvider(t *testing.T) {
 		want{state: "failed", reason: gitlab.JobExecutionTimeout, contains: []string{"sleeping"}})
 	cancelID := add(shellJob("canceled", []string{"echo waiting-for-cancel", "sleep 60"}, []string{"echo after-script-ran"}, 120),
 		want{state: "canceled", contains: []string{"waiting-for-cancel", "after-script-ran"}})
+	abortID := add(shellJob("aborted", []string{"echo waiting-for-abort", "sleep 60"}, []string{"echo after-script-after-abort"}, 120),
+		want{state: "canceled", contains: []string{"waiting-for-abort"}})
 	add(shellJob("stdin-stderr", []string{"echo to-stderr >&2", "printf 'no newline at end'"}, nil, 120),
 		want{state: "success", contains: []string{"to-stderr", "no newline at end"}})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
 	defer cancel()
-	// Cancel the "canceled" job once its script runs.
-	go func() {
-		for ctx.Err() == nil {
-			if strings.Contains(string(srv.Job(cancelID).Trace), "waiting-for-cancel") {
-				srv.Cancel(cancelID)
-				return
+	// Cancel the "canceled" job and abort the "aborted" one once their
+	// scripts run (seen in the trace GitLab received).
+	for id, marker := range map[int64]string{cancelID: "waiting-for-cancel", abortID: "waiting-for-abort"} {
+		go func() {
+			for ctx.Err() == nil {
+				if strings.Contains(string(srv.Job(id).Trace), marker) {
+					if id == cancelID {
+						srv.Cancel(id)
+					} else {
+						srv.Abort(id)
+					}
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}()
+		}()
+	}
 	if len(ids) != 20 {
 		t.Fatalf("%d jobs, want 20", len(ids))
 	}
@@ -209,13 +232,26 @@ func TestEndToEndLocalProvider(t *testing.T) {
 		if strings.Contains(trace, secretValue) {
 			t.Errorf("job %d: masked value in the trace", id)
 		}
-		if !rec.ChecksumOK {
+		if !rec.ChecksumOK && id != abortID { // an aborted job sends no final update
 			t.Errorf("job %d: trace checksum/bytesize the runner reported (%s, %d) differ from what the server received (%d bytes)",
 				id, rec.ReportedChecksum, rec.ReportedBytesize, len(rec.Trace))
 		}
 		if rec.Handouts != 1 {
 			t.Errorf("job %d handed out %d times, want 1", id, rec.Handouts)
 		}
+	}
+	// The aborted job stops at once (its script would sleep 60 s) and
+	// after_script does not run.
+	select {
+	case ev := <-finishedCh(abortID):
+		if ev.State != gitlab.StateFailed {
+			t.Errorf("aborted job reported %s, want failed", ev.State)
+		}
+	case <-ctx.Done():
+		t.Fatal("aborted job still running")
+	}
+	if strings.Contains(string(srv.Job(abortID).Trace), "after-script-after-abort") {
+		t.Error("after_script ran after a hard abort")
 	}
 	if err := stop(); err != nil {
 		t.Errorf("Run: %v", err)

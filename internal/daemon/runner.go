@@ -270,9 +270,12 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 	if res.FailureReason != "" {
 		fields = append(fields, zap.String("failure_reason", string(res.FailureReason)), zap.Int("exit_code", res.ExitCode))
 	}
-	if err != nil {
+	switch {
+	case err != nil && errors.Is(err, gitlab.ErrAborted) && errors.Is(context.Cause(jctx), errAborted):
+		log.Info("job aborted by GitLab; it keeps the state GitLab gave it", append(fields, zap.Error(err))...)
+	case err != nil:
 		log.Error("could not report the job's final state to GitLab", append(fields, zap.Error(err))...)
-	} else {
+	default:
 		log.Info("job finished", fields...)
 	}
 	r.d.metrics.jobs.WithLabelValues(r.name, string(res.State), string(res.FailureReason)).Inc()
