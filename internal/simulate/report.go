@@ -108,7 +108,7 @@ func WriteTable(w io.Writer, rep Report) error {
 // Chart dimensions in SVG user units.
 const (
 	chartW, chartH              = 960, 360
-	padL, padR, padT, padB      = 56, 16, 16, 40
+	padL, padR, padT, padB      = 56, 16, 34, 40
 	plotW, plotH                = chartW - padL - padR, chartH - padT - padB
 	colInstances, colBusy, colQ = "#1f77b4", "#2ca02c", "#d62728"
 )
@@ -226,7 +226,7 @@ func SVGChart(r *sim.Result) string {
 	}
 	lx := padL + 10
 	for _, s := range series {
-		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="14" height="4" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n", lx, padT+8, s.color, lx+18, padT+13, s.name)
+		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="14" height="4" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n", lx, padT-18, s.color, lx+18, padT-13, s.name)
 		lx += 110
 	}
 	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end" fill="#555">time (UTC)</text>`+"\n", padL+plotW, chartH-4)

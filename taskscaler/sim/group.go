@@ -32,7 +32,22 @@ type group struct {
 }
 
 func newGroup(f *fake.Group, c *Clock) *group {
-	return &group{f: f, clock: c, created: make(map[string]time.Time)}
+	g := &group{f: f, clock: c, created: make(map[string]time.Time)}
+	// Every call reaches the fake through g with g.mu held, and OnCall hooks
+	// run synchronously in the calling goroutine: the hook may use g's
+	// fields without locking.
+	f.OnCall(func(call fake.Call) {
+		if call.Op != fake.OpIncrease {
+			return
+		}
+		for _, id := range call.IDs {
+			g.created[id] = call.At
+			g.nCreate++
+			g.alive++
+		}
+		g.peak = max(g.peak, g.alive)
+	})
+	return g
 }
 
 // Init passes through; the wrapper needs no settings.
@@ -47,49 +62,20 @@ func (g *group) Update(ctx context.Context, fn func(id string, state provider.St
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.clock.Now()
-	type st struct {
-		id string
-		s  provider.State
-	}
-	var list []st
-	err := g.f.Update(ctx, func(id string, s provider.State) {
+	return g.f.Update(ctx, func(id string, s provider.State) {
 		if at, ok := g.created[id]; ok && at.Equal(now) && s == provider.StateCreating {
 			return
 		}
-		list = append(list, st{id, s})
+		fn(id, s)
 	})
-	if err != nil {
-		return err
-	}
-	for _, e := range list {
-		fn(e.id, e.s)
-	}
-	return nil
 }
 
-// Increase creates instances in the fake and starts billing them.
+// Increase creates instances in the fake; the OnCall hook starts billing
+// them.
 func (g *group) Increase(ctx context.Context, n int) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	before := g.f.IDs()
-	got, err := g.f.Increase(ctx, n)
-	if got > 0 {
-		now := g.clock.Now()
-		ids := g.f.IDs()
-		known := make(map[string]bool, len(before))
-		for _, id := range before {
-			known[id] = true
-		}
-		for _, id := range ids {
-			if !known[id] {
-				g.created[id] = now
-				g.nCreate++
-				g.alive++
-			}
-		}
-		g.peak = max(g.peak, g.alive)
-	}
-	return got, err
+	return g.f.Increase(ctx, n)
 }
 
 // Decrease removes instances in the fake and stops billing the accepted
