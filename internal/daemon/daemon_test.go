@@ -16,9 +16,11 @@ import (
 	"github.com/fleetwright/taskscaler/internal/gitlab"
 	"github.com/fleetwright/taskscaler/internal/gitlab/gitlabtest"
 	"github.com/fleetwright/taskscaler/internal/jobexec"
+	"github.com/fleetwright/taskscaler/internal/jobjournal"
 	"github.com/fleetwright/taskscaler/provider"
 	"github.com/fleetwright/taskscaler/provider/fake"
 	"github.com/fleetwright/taskscaler/taskscaler"
+	"github.com/fleetwright/taskscaler/taskscaler/filestore"
 )
 
 // fakeConfig is a config for one runner on the fake provider.
@@ -351,6 +353,49 @@ func TestMetricsEndpoint(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	_ = stop()
+}
+
+func TestStateStorageRecoversJobsOfACrashedManager(t *testing.T) {
+	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: "glrt-fake", LongPoll: 200 * time.Millisecond})
+	defer srv.Close()
+	cfg := fakeConfig(t, srv.URL(), "", "[runners.autoscaler.state_storage]\n      enabled = true")
+	rc := &cfg.Runners[0]
+	// A previous manager took a job, acknowledged it and crashed.
+	id := srv.AddJob(shellJob("orphan", []string{"x"}, nil, 60))
+	c, err := gitlab.New(gitlab.Config{URL: srv.URL(), Token: "glrt-fake"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, err := c.RequestJob(context.Background())
+	if err != nil || job == nil || job.ID != id {
+		t.Fatalf("RequestJob = %v, %v", job, err)
+	}
+	if err := c.NewJobTrace(job, gitlab.TraceOptions{}).Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	dir := filestore.Dir(rc.Autoscaler.StateStorage.Dir, rc.URL, rc.ID, rc.Token)
+	j, err := jobjournal.Open(filepath.Join(dir, "jobs"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Put(jobjournal.Record{JobID: id, JobToken: job.Token, RunnerURL: rc.URL, InstanceID: "fake-9", Started: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The next manager reports it at start instead of leaving it running
+	// for GitLab's stuck-job reaper.
+	_, stop := startDaemon(t, cfg, Options{RunJob: newFakeRun().run, ScalerOptions: []taskscaler.Option{noHeartbeat()}})
+	rec := waitJob(t, srv, id)
+	if rec.State != gitlabtest.StatusFailed || rec.FailureReason != gitlab.RunnerSystemFailure {
+		t.Errorf("orphaned job is %s/%s, want failed/runner_system_failure", rec.State, rec.FailureReason)
+	}
+	if !strings.Contains(string(rec.Trace), "fake-9") {
+		t.Errorf("trace does not explain what happened:\n%s", rec.Trace)
+	}
+	if recs, _ := j.List(); len(recs) != 0 {
+		t.Errorf("%d journal records left, want 0", len(recs))
 	}
 	_ = stop()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -17,8 +18,10 @@ import (
 	"github.com/fleetwright/taskscaler/internal/config"
 	"github.com/fleetwright/taskscaler/internal/gitlab"
 	"github.com/fleetwright/taskscaler/internal/jobexec"
+	"github.com/fleetwright/taskscaler/internal/jobjournal"
 	"github.com/fleetwright/taskscaler/provider"
 	"github.com/fleetwright/taskscaler/taskscaler"
+	"github.com/fleetwright/taskscaler/taskscaler/filestore"
 )
 
 // runner is one [[runners]] entry at run time.
@@ -31,6 +34,8 @@ type runner struct {
 	pool   *connector.Pool
 	api    *gitlab.Client
 	poller *poller
+
+	journal *jobjournal.Journal // nil without state_storage
 
 	mu      sync.Mutex
 	running map[int64]bool // job ids in progress: a job never runs twice
@@ -73,6 +78,18 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 	}
 	ig := &infoGroup{InstanceGroup: g}
 	opts := r.scalerOptions()
+	if ss := a.StateStorage; ss.Enabled {
+		dir := filestore.Dir(ss.Dir, rc.URL, rc.ID, rc.Token)
+		store, err := filestore.New(filepath.Join(dir, "instances"), r.log)
+		if err != nil {
+			return nil, fmt.Errorf("runner %s: state_storage: %w", r.name, err)
+		}
+		r.journal, err = jobjournal.Open(filepath.Join(dir, "jobs"), r.log)
+		if err != nil {
+			return nil, fmt.Errorf("runner %s: state_storage: %w", r.name, err)
+		}
+		opts = append(opts, taskscaler.WithStorage(store))
+	}
 	r.ts, err = taskscaler.New(ctx, ig, append(opts, d.opts.ScalerOptions...)...)
 	if err != nil {
 		ig.mu.Lock()
@@ -100,6 +117,15 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 	if err != nil {
 		_ = r.ts.Shutdown(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("runner %s: %w", r.name, err)
+	}
+	if r.journal != nil {
+		n, err := jobjournal.Recover(ctx, r.journal, r.api, r.log)
+		if n > 0 {
+			r.log.Warn("reported jobs left running by the previous manager as failed", zap.Int("jobs", n))
+		}
+		if err != nil {
+			r.log.Error("could not report every job left running by the previous manager; retrying at the next start", zap.Error(err))
+		}
 	}
 	r.poller = newPoller(r.name, d.global, rc.Limit, r.ts, r.api, r.handleJob, d.cfg.CheckInterval,
 		func(err error) bool { return errors.Is(err, gitlab.ErrForbidden) }, r.log)
@@ -152,7 +178,7 @@ func (r *runner) scalerOptions() []taskscaler.Option {
 	if a.DeleteInstancesOnShutdown {
 		opts = append(opts, taskscaler.WithDeleteInstancesOnShutdown())
 	}
-	if a.InstanceReadyCommand != "" {
+	if a.InstanceReadyCommand != "" || a.StateStorage.Enabled {
 		opts = append(opts, taskscaler.WithReadyUp(r.readyUp))
 	}
 	return opts
@@ -161,6 +187,13 @@ func (r *runner) scalerOptions() []taskscaler.Option {
 // readyUp runs instance_ready_command on a new instance; a non-zero exit
 // keeps the instance out of service (the taskscaler removes it).
 func (r *runner) readyUp(ctx context.Context, in taskscaler.UpInstance) error {
+	a := r.cfg.Autoscaler
+	if in.Restored && len(in.Acquisitions) > 0 && !a.StateStorage.KeepInstanceWithAcquisitions {
+		return fmt.Errorf("instance %s had %d job(s) in flight when the previous manager stopped; removing it (state_storage.keep_instance_with_acquisitions = false)", in.ID, len(in.Acquisitions))
+	}
+	if a.InstanceReadyCommand == "" {
+		return nil
+	}
 	c, err := r.pool.Get(ctx, in.Info)
 	if err != nil {
 		return fmt.Errorf("connect for instance_ready_command: %w", err)
@@ -238,6 +271,7 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 	}
 	ev.Kind = EventReceived
 	r.d.emit(ev)
+	r.journalPut(job, "", 0, nil, log)
 
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -271,6 +305,14 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 		fields = append(fields, zap.String("failure_reason", string(res.FailureReason)), zap.Int("exit_code", res.ExitCode))
 	}
 	switch {
+	case err == nil, errors.Is(err, gitlab.ErrAborted):
+		r.journalRemove(job.ID, log)
+	default:
+		// GitLab did not take the final state: keep it for the next start.
+		r.journalPut(job, instanceID, slot, &jobjournal.Final{State: res.State,
+			FailureReason: gitlab.MapFailureReason(res.FailureReason, job.Features.FailureReasons), ExitCode: res.ExitCode}, log)
+	}
+	switch {
 	case err != nil && errors.Is(err, gitlab.ErrAborted) && errors.Is(context.Cause(jctx), errAborted):
 		log.Info("job aborted by GitLab; it keeps the state GitLab gave it", append(fields, zap.Error(err))...)
 	case err != nil:
@@ -283,6 +325,28 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 	ev.Kind, ev.InstanceID, ev.Slot = EventFinished, instanceID, slot
 	ev.State, ev.FailureReason, ev.ExitCode = res.State, res.FailureReason, res.ExitCode
 	r.d.emit(ev)
+}
+
+// journalPut records job as running (final == nil) or as decided but not
+// yet accepted by GitLab, so that a restarted manager finishes it.
+func (r *runner) journalPut(job *gitlab.Job, instanceID string, slot int, final *jobjournal.Final, log *zap.Logger) {
+	if r.journal == nil {
+		return
+	}
+	rec := jobjournal.Record{JobID: job.ID, JobToken: job.Token, RunnerURL: r.cfg.URL, RunnerID: r.cfg.ID,
+		InstanceID: instanceID, Slot: slot, Started: time.Now(), Final: final, ChecksumUnknown: final != nil}
+	if err := r.journal.Put(rec); err != nil {
+		log.Warn("could not record the job in the state storage journal", zap.Error(err))
+	}
+}
+
+func (r *runner) journalRemove(id int64, log *zap.Logger) {
+	if r.journal == nil {
+		return
+	}
+	if err := r.journal.Remove(id); err != nil {
+		log.Warn("could not remove the job from the state storage journal", zap.Error(err))
+	}
 }
 
 // runOnSlot acquires a slot for key, runs the job, and retries once on
