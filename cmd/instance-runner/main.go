@@ -8,6 +8,8 @@
 //	instance-runner validate --config config.toml check a config and print what it found
 //	instance-runner exec [--config F] [--file .gitlab-ci.yml] [JOB…]
 //	                                              run a local pipeline on autoscaled instances
+//	instance-runner simulate --config F --trace jobs.csv
+//	                                              replay a job trace with the simulator
 //	instance-runner version                       print the version
 //
 // See docs/daemon.md and docs/exec.md.
@@ -24,6 +26,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/fleetwright/taskscaler/internal/simulate"
 	"github.com/fleetwright/taskscaler/provider/local"
 )
 
@@ -49,6 +52,9 @@ Usage:
   instance-runner exec [--config F] [--file .gitlab-ci.yml] [JOB...]
                                                  run a local .gitlab-ci.yml on autoscaled
                                                  instances (default: the local provider)
+  instance-runner simulate --config F --trace jobs.csv
+                                                 replay a job trace against a config with the
+                                                 taskscaler simulator: cost, queue waits, churn
   instance-runner version                        print the version
 
 Run "instance-runner COMMAND -h" for a command's flags.
@@ -68,6 +74,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdValidate(args, stdout, stderr)
 	case "exec":
 		err = cmdExec(args, stdout, stderr)
+	case "simulate":
+		ctx, stop := signalContext(nil, nil)
+		defer stop()
+		return simulate.Main(ctx, args, stdout, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "instance-runner %s\n", versionString())
 		return 0

@@ -34,6 +34,10 @@ func TestVersionAndHelp(t *testing.T) {
 	if code != 2 || !strings.Contains(errOut, `unknown command "frobnicate"`) {
 		t.Errorf("unknown command: code %d, stderr %q", code, errOut)
 	}
+	code, sout, serr := runCLI("simulate")
+	if code == 0 || !strings.Contains(sout+serr, "--trace") {
+		t.Errorf("simulate without flags: code %d, output %q; want its usage", code, sout+serr)
+	}
 	code, _, errOut = runCLI("run")
 	if code != 2 || !strings.Contains(errOut, "--config is required") {
 		t.Errorf("run without --config: code %d, stderr %q", code, errOut)
