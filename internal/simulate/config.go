@@ -12,8 +12,9 @@ import (
 // FromConfig maps one runner of a loaded config.toml to a simulation
 // config: its `[runners.autoscaler]` keys (capacity_per_instance,
 // max_use_count, max_instances, the policies, update intervals,
-// deletion_retry_interval, scale_throttle, reservation_throttling) and the
-// job cap min(concurrent, limit). runner names the [[runners]] entry by its
+// deletion_retry_interval, scale_throttle, reservation_throttling), the
+// job cap min(concurrent, limit) and check_interval (the runner's poll tick
+// after a refusal). runner names the [[runners]] entry by its
 // `name`; empty means the first. The provider (plugin) is replaced by the
 // simulated cloud, so its plugin_config is not used; neither is
 // instance_ready_command (its run time is part of the boot time you pass).
@@ -71,5 +72,6 @@ func FromConfig(c *config.Config, runner string) (sim.Config, *config.Runner, er
 		conc = r.Limit
 	}
 	sc.MaxConcurrent = max(conc, 0)
+	sc.CheckInterval = c.CheckInterval
 	return sc, r, nil
 }

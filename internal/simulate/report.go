@@ -73,8 +73,8 @@ func WriteTable(w io.Writer, rep Report) error {
 	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
 	row("trace", "%s: %d jobs, %s to %s UTC", rep.TracePath, r.Jobs, r.Start.UTC().Format("2006-01-02 15:04"), r.End.UTC().Format("2006-01-02 15:04"))
 	row("config", "%s, runner %q", rep.ConfigPath, rep.Runner)
-	row("autoscaler", "capacity_per_instance %d, max_use_count %d, max_instances %d, concurrent %d",
-		max(c.CapacityPerInstance, 1), c.MaxUseCount, c.MaxInstances, c.MaxConcurrent)
+	row("autoscaler", "capacity_per_instance %d, max_use_count %d, max_instances %d, concurrent %d, check_interval %s",
+		max(c.CapacityPerInstance, 1), c.MaxUseCount, c.MaxInstances, c.MaxConcurrent, dur(c.CheckInterval))
 	row("policy", "%s", policySummary(c))
 	row("cloud", "boot time %s (+ up to %s jitter), boot failure rate %g, seed %d", dur(max(c.BootTime, sim.MinDelay)), dur(c.BootJitter), c.BootFailureRate, c.Seed)
 	row("", "")

@@ -81,6 +81,13 @@ type Config struct {
 	// or running), as the smaller of GitLab Runner's `concurrent` and the
 	// runner's `limit`; 0 = no cap.
 	MaxConcurrent int
+	// CheckInterval is GitLab Runner's `check_interval`: after the runner
+	// could not take a job (Reserve refused, or MaxConcurrent reached) it
+	// asks again only at its next tick, every CheckInterval from Start.
+	// While it can take jobs it holds a long-polling job request, so a new
+	// job is taken the moment it is created. 0 = no ticks (an ideal poller
+	// that retries at every state change).
+	CheckInterval time.Duration
 
 	// BootTime is how long an instance takes from Increase until the
 	// provider lists it as running; values below MinDelay become MinDelay.
@@ -237,18 +244,20 @@ type engine struct {
 	run      runHeap
 	results  chan acqResult
 	samples  []Sample
+	t0       time.Time // start of the simulation
+	blocked  bool // the runner was refused and waits for its next tick
 }
 
 // Run simulates cfg against jobs in virtual time with the real taskscaler
 // and a provider/fake instance group, and returns the result. The same
 // Config (Seed included) and jobs give the same Result.
 //
-// The runner model: jobs wait in GitLab's queue in creation order; whenever
-// the taskscaler's state changes the runner offers the queue head to
-// Reserve, and on success takes the job at once (Acquire, which waits as
-// pending demand when no slot is free); on ErrNoCapacity the rest of the
-// queue waits for the next change. This is a runner that polls without
-// delay; see docs/simulator.md.
+// The runner model: jobs wait in GitLab's queue in creation order; the
+// runner offers the queue head to Reserve and on success takes the job at
+// once (Acquire, which waits as pending demand when no slot is free). On
+// ErrNoCapacity (or at MaxConcurrent) the rest of the queue waits for the
+// runner's next CheckInterval tick (or, with CheckInterval 0, for the next
+// change of state). See docs/simulator.md.
 //
 // Errors: an invalid Config (negative values, bad schedules), ctx's error
 // when it ends, and internal inconsistencies of the taskscaler (reported,
@@ -281,7 +290,7 @@ func Run(ctx context.Context, cfg Config, jobs []Job) (*Result, error) {
 		return nil, fmt.Errorf("sim: Start %s is after the first job (%s)", start.Format(time.RFC3339), sorted[0].Created.Format(time.RFC3339))
 	}
 
-	e := &engine{cfg: cfg, clock: NewClock(start), results: make(chan acqResult, 64)}
+	e := &engine{cfg: cfg, clock: NewClock(start), t0: start, results: make(chan acqResult, 64)}
 	var cancel context.CancelFunc
 	e.ctx, cancel = context.WithCancel(ctx)
 	defer cancel()
@@ -368,6 +377,7 @@ func (c *Config) validate() error {
 	neg("max_use_count", int64(c.MaxUseCount))
 	neg("max_instances", int64(c.MaxInstances))
 	neg("concurrent/limit", int64(c.MaxConcurrent))
+	neg("check_interval", int64(c.CheckInterval))
 	for name, d := range map[string]time.Duration{"boot time": c.BootTime, "boot jitter": c.BootJitter,
 		"delete delay": c.DeleteDelay, "warm-up": c.WarmUp, "max wait": c.MaxWait,
 		"update_interval": c.UpdateInterval, "update_interval_when_expecting": c.UpdateIntervalWhenExpecting,
@@ -472,6 +482,10 @@ func (e *engine) next() (time.Time, bool) {
 	if t, has := e.clock.Next(); has {
 		consider(t)
 	}
+	if ci := e.cfg.CheckInterval; e.blocked && ci > 0 && e.qHead < len(e.queue) {
+		now := e.clock.Now()
+		consider(e.t0.Add((now.Sub(e.t0)/ci + 1) * ci))
+	}
 	return at, ok
 }
 
@@ -523,14 +537,20 @@ func (e *engine) start(idx int, now time.Time) {
 // offer hands queued jobs to the runner in creation order while Reserve
 // succeeds.
 func (e *engine) offer(now time.Time) error {
+	if ci := e.cfg.CheckInterval; e.blocked && ci > 0 && now.Sub(e.t0)%ci != 0 {
+		return nil // refused earlier: the runner asks again at its next tick
+	}
+	e.blocked = false
 	for e.qHead < len(e.queue) {
 		if e.cfg.MaxConcurrent > 0 && e.acquired+e.pending >= e.cfg.MaxConcurrent {
+			e.blocked = true
 			break
 		}
 		idx := e.queue[e.qHead]
 		k := key(idx)
 		err := e.ts.Reserve(k)
 		if errors.Is(err, taskscaler.ErrNoCapacity) {
+			e.blocked = true
 			break
 		}
 		if err != nil {
