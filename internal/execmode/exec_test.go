@@ -280,3 +280,38 @@ func TestExecConfigReplacesURLAndToken(t *testing.T) {
 		t.Errorf("generated config = %+v (concurrent %d)", a, cfg.Concurrent)
 	}
 }
+
+// TestQuickstartPipeline runs the README's quick start:
+// `instance-runner exec --file examples/quickstart/.gitlab-ci.yml`.
+func TestQuickstartPipeline(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := git(context.Background(), root, "rev-parse", "--verify", "HEAD"); err != nil {
+		t.Skipf("the module is not in a git checkout with a commit: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var stdout, stderr strings.Builder
+	res, err := Run(ctx, Options{Dir: root, File: filepath.Join(root, "examples/quickstart/.gitlab-ci.yml"), Stdout: &stdout, Stderr: &stderr})
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, stderr.String())
+	}
+	stages := map[string]bool{}
+	for _, j := range res.Jobs {
+		stages[j.Stage] = true
+		if j.Status != StatusSuccess {
+			t.Errorf("job %s: %s (%s)", j.Name, j.Status, j.FailureReason)
+		}
+	}
+	if len(res.Jobs) < 3 || len(stages) < 2 || !res.Success {
+		t.Errorf("quick start ran %d jobs over %d stages, success %v; want ≥ 3 over ≥ 2, success\n%s", len(res.Jobs), len(stages), res.Success, stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "module github.com/fleetwright/taskscaler") {
+		t.Errorf("the jobs did not see the cloned repository:\n%s", stdout.String())
+	}
+	if strings.Contains(stdout.String(), "glcbt-") {
+		t.Error("a job token appeared in the output")
+	}
+}
