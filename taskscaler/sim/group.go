@@ -28,7 +28,6 @@ type group struct {
 	nCreate int
 	nDelete int
 	alive   int
-	peak    int
 }
 
 func newGroup(f *fake.Group, c *Clock) *group {
@@ -45,7 +44,6 @@ func newGroup(f *fake.Group, c *Clock) *group {
 			g.nCreate++
 			g.alive++
 		}
-		g.peak = max(g.peak, g.alive)
 	})
 	return g
 }
@@ -107,8 +105,8 @@ func (g *group) ConnectInfo(ctx context.Context, id string) (provider.ConnectInf
 }
 
 // books returns the billed instance time up to end (live instances count
-// until end), instances created and deleted, live and peak instances.
-func (g *group) books(end time.Time) (billed time.Duration, created, deleted, alive, peak int) {
+// until end) and the instances created and deleted.
+func (g *group) books(end time.Time) (billed time.Duration, created, deleted int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	billed = g.billed
@@ -117,7 +115,7 @@ func (g *group) books(end time.Time) (billed time.Duration, created, deleted, al
 			billed += end.Sub(at)
 		}
 	}
-	return billed, g.nCreate, g.nDelete, g.alive, g.peak
+	return billed, g.nCreate, g.nDelete
 }
 
 func (g *group) aliveNow() int {

@@ -245,7 +245,7 @@ type engine struct {
 	results  chan acqResult
 	samples  []Sample
 	t0       time.Time // start of the simulation
-	blocked  bool // the runner was refused and waits for its next tick
+	blocked  bool      // the runner was refused and waits for its next tick
 }
 
 // Run simulates cfg against jobs in virtual time with the real taskscaler
@@ -626,18 +626,20 @@ func (e *engine) sample(now time.Time) {
 }
 
 func (e *engine) result(start, end time.Time, jobs []Job) *Result {
-	billed, created, deleted, _, peak := e.grp.books(end)
+	billed, created, deleted := e.grp.books(end)
 	r := &Result{
 		Start: start, End: end,
 		Jobs: len(jobs), Served: e.served, Unserved: len(jobs) - e.served,
 		InstanceSeconds:  billed.Seconds(),
 		InstancesCreated: created, InstancesDeleted: deleted,
-		PeakInstances: peak,
-		Samples:       e.samples,
-		Waits:         e.waits,
+		Samples: e.samples,
+		Waits:   e.waits,
 	}
+	// Peaks come from the samples, taken when the taskscaler is quiescent:
+	// within one instant an Increase and a Decrease may run in either order.
 	for _, s := range e.samples {
 		r.PeakBusy = max(r.PeakBusy, s.Busy)
+		r.PeakInstances = max(r.PeakInstances, s.Instances)
 	}
 	for _, op := range []string{fake.OpUpdate, fake.OpIncrease, fake.OpDecrease, fake.OpConnectInfo} {
 		r.ProviderCalls = append(r.ProviderCalls, OpCount{Op: op, Calls: e.fk.CallCount(op)})
