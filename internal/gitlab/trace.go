@@ -89,7 +89,11 @@ type JobTrace struct {
 	pending   []byte // an incomplete UTF-8 sequence at the end of the last Write
 	limited   bool
 	finished  bool
-	sent      int64 // bytes acknowledged by GitLab
+	sent      int64 // bytes acknowledged by GitLab; change it with setSentLocked
+	// ackedCRC is the CRC-32 (IEEE) of buf[:ackedLen], kept up to date
+	// with sent (see Acked); ackedLen = min(sent, len(buf)).
+	ackedCRC uint32
+	ackedLen int64
 	interval  time.Duration
 	lastSent  time.Time
 	traceGone bool // no more trace is sent (abort, or 404 while finishing)
@@ -178,6 +182,35 @@ func (t *JobTrace) Offset() int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.sent
+}
+
+// Acked returns the number of trace bytes GitLab has acknowledged (as
+// Offset) and the CRC-32 (IEEE) of exactly those bytes, the running value
+// hash/crc32.Update gives when fed them in order (0 for none). The daemon's
+// job journal keeps both so that, after a crash, the rest of the trace can
+// be appended and the whole trace's checksum reported without the bytes.
+//
+// The CRC is maintained incrementally as the acknowledged offset moves (a
+// rewind, e.g. after a 416 or a refused checksum, recomputes it from the
+// start). When GitLab reports more bytes than the trace holds (a 416 whose
+// Range lies beyond our end), offset exceeds Len and crc covers only the
+// Len bytes held: the CRC of GitLab's bytes is then unknown.
+func (t *JobTrace) Acked() (offset int64, crc uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sent, t.ackedCRC
+}
+
+// setSentLocked sets the acknowledged offset and keeps ackedCRC in step;
+// t.mu held.
+func (t *JobTrace) setSentLocked(n int64) {
+	t.sent = n
+	end := min(max(n, 0), int64(len(t.buf)))
+	if end < t.ackedLen {
+		t.ackedCRC, t.ackedLen = 0, 0
+	}
+	t.ackedCRC = crc32.Update(t.ackedCRC, crc32.IEEETable, t.buf[t.ackedLen:end])
+	t.ackedLen = end
 }
 
 // Len returns the number of trace bytes kept so far (what the final
@@ -454,13 +487,13 @@ func (t *JobTrace) sendChunk(ctx context.Context, final bool) (more, ok bool, er
 	}
 	switch res.Status {
 	case PatchSucceeded:
-		t.sent = res.SentOffset
+		t.setSentLocked(res.SentOffset)
 		t.lastSent = t.clock.Now()
 		return more, true, nil
 	case PatchRangeMismatch:
 		t.log.Info("GitLab's trace size differs from ours; resyncing",
 			zap.Int64("offset", start), zap.Int64("server_size", res.SentOffset))
-		t.sent = res.SentOffset
+		t.setSentLocked(res.SentOffset)
 		t.lastSent = t.clock.Now()
 		return more, true, nil
 	case PatchNotFound:
@@ -594,7 +627,7 @@ func (t *JobTrace) finalAttempt(ctx context.Context, u Update) (done bool, err e
 				return false, fmt.Errorf("gitlab: final update of job %d: GitLab rejected the trace checksum %d times", t.id, validationRetries)
 			}
 			t.mu.Lock()
-			t.sent = 0
+			t.setSentLocked(0)
 			t.traceGone = false
 			t.mu.Unlock()
 		case UpdateAbort:
