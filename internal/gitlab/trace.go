@@ -90,13 +90,13 @@ type JobTrace struct {
 	limited   bool
 	finished  bool
 	sent      int64 // bytes acknowledged by GitLab; change it with setSentLocked
+	interval  time.Duration
+	lastSent  time.Time
+	traceGone bool // no more trace is sent (abort, or 404 while finishing)
 	// ackedCRC is the CRC-32 (IEEE) of buf[:ackedLen], kept up to date
 	// with sent (see Acked); ackedLen = min(sent, len(buf)).
 	ackedCRC uint32
 	ackedLen int64
-	interval  time.Duration
-	lastSent  time.Time
-	traceGone bool // no more trace is sent (abort, or 404 while finishing)
 
 	cancelOnce sync.Once
 	cancelCh   chan struct{}
