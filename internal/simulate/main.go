@@ -162,7 +162,7 @@ func writeOut(path string, rep Report) (err error) {
 		}
 	}()
 	if strings.EqualFold(filepath.Ext(path), ".svg") {
-		_, err = io.WriteString(f, SVGChart(rep.Result))
+		_, err = io.WriteString(f, SVGChart(rep.Result, rep.Config.CapacityPerInstance))
 		return err
 	}
 	return WriteHTML(f, rep)

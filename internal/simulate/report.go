@@ -71,7 +71,7 @@ func WriteTable(w io.Writer, rep Report) error {
 	r, c := rep.Result, rep.Config
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
-	row("trace", "%s: %d jobs, %s to %s UTC", rep.TracePath, r.Jobs, r.Start.UTC().Format("2006-01-02 15:04"), r.End.UTC().Format("2006-01-02 15:04"))
+	row("trace", "%s: %d jobs, simulated %s to %s UTC", rep.TracePath, r.Jobs, r.Start.UTC().Format("2006-01-02 15:04"), r.End.UTC().Format("2006-01-02 15:04"))
 	row("config", "%s, runner %q", rep.ConfigPath, rep.Runner)
 	row("autoscaler", "capacity_per_instance %d, max_use_count %d, max_instances %d, concurrent %d, check_interval %s",
 		max(c.CapacityPerInstance, 1), c.MaxUseCount, c.MaxInstances, c.MaxConcurrent, dur(c.CheckInterval))
@@ -167,14 +167,16 @@ func niceStep(top float64, n int) float64 {
 var timeSteps = []time.Duration{15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 3 * time.Hour,
 	6 * time.Hour, 12 * time.Hour, 24 * time.Hour, 48 * time.Hour, 7 * 24 * time.Hour}
 
-// SVGChart renders instances, busy slots and queued jobs over the run as a
-// standalone SVG image (times in UTC).
-func SVGChart(r *sim.Result) string {
+// SVGChart renders instances, their slots (instances × capacity, dashed),
+// busy slots and queued jobs over the run as a standalone SVG image (times
+// in UTC). capacity is capacity_per_instance (0 means 1).
+func SVGChart(r *sim.Result, capacity int) string {
+	capacity = max(capacity, 1)
 	var b strings.Builder
 	bs := buckets(r.Samples, r.Start, r.End, plotW)
 	top := 1
 	for _, x := range bs {
-		top = max(top, x.inst, x.busy, x.queued)
+		top = max(top, x.inst*capacity, x.busy, x.queued)
 	}
 	step := niceStep(float64(top), 6)
 	ymax := math.Ceil(float64(top)/step) * step
@@ -209,15 +211,23 @@ func SVGChart(r *sim.Result) string {
 	}
 	fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#888"/>`+"\n", padL, padT, plotW, plotH)
 	series := []struct {
-		name, color string
-		get         func(bucket) int
+		name, color, dash string
+		get               func(bucket) int
 	}{
-		{"instances", colInstances, func(x bucket) int { return x.inst }},
-		{"busy slots", colBusy, func(x bucket) int { return x.busy }},
-		{"queued jobs", colQ, func(x bucket) int { return x.queued }},
+		{"instances", colInstances, "", func(x bucket) int { return x.inst }},
+		{"instance slots", colInstances, "4 3", func(x bucket) int { return x.inst * capacity }},
+		{"busy slots", colBusy, "", func(x bucket) int { return x.busy }},
+		{"queued jobs", colQ, "", func(x bucket) int { return x.queued }},
+	}
+	if capacity == 1 {
+		series = append(series[:1], series[2:]...) // the same line as instances
 	}
 	for _, s := range series {
-		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.5" points="`, s.color)
+		dash := ""
+		if s.dash != "" {
+			dash = ` stroke-dasharray="` + s.dash + `" stroke-opacity="0.6"`
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="1.5"%s points="`, s.color, dash)
 		for i, x := range bs {
 			v := y(float64(s.get(x)))
 			fmt.Fprintf(&b, "%d,%.1f %d,%.1f ", padL+i, v, padL+i+1, v)
@@ -226,8 +236,12 @@ func SVGChart(r *sim.Result) string {
 	}
 	lx := padL + 10
 	for _, s := range series {
-		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="14" height="4" fill="%s"/><text x="%d" y="%d">%s</text>`+"\n", lx, padT-18, s.color, lx+18, padT-13, s.name)
-		lx += 110
+		dash := ""
+		if s.dash != "" {
+			dash = ` stroke-dasharray="4 2"`
+		}
+		fmt.Fprintf(&b, `<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="%s" stroke-width="3"%s/><text x="%d" y="%d">%s</text>`+"\n", lx, lx+14, padT-16, padT-16, s.color, dash, lx+18, padT-12, s.name)
+		lx += 120
 	}
 	fmt.Fprintf(&b, `<text x="%d" y="%d" text-anchor="end" fill="#555">time (UTC)</text>`+"\n", padL+plotW, chartH-4)
 	b.WriteString("</svg>\n")
@@ -240,7 +254,7 @@ var reportTmpl = template.Must(template.New("report").Parse(`<!DOCTYPE html>
 <style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}pre{background:#f6f6f6;padding:1em;overflow-x:auto}</style>
 </head><body>
 <h1>Simulation: {{.Title}}</h1>
-<p>Instances (billed, in any state), busy slots and queued jobs over the simulated time; each pixel column shows the maximum within it.</p>
+<p>Instances (billed, in any state), their slots (instances × capacity_per_instance, dashed), busy slots and queued jobs over the simulated time, in UTC; each pixel column shows the maximum within it.</p>
 {{.Chart}}
 <pre>{{.Table}}</pre>
 <p>Cost is instance-seconds from each instance's creation to its deletion. The lower bound is the cost of a planner that knows every future job and runs each with zero wait under the same capacity, use count and boot time (see docs/simulator.md).</p>
@@ -256,7 +270,7 @@ func WriteHTML(w io.Writer, rep Report) error {
 	}
 	return reportTmpl.Execute(w, map[string]any{
 		"Title": rep.TracePath + " × " + rep.ConfigPath,
-		"Chart": template.HTML(SVGChart(rep.Result)), // built by SVGChart from numbers and escaped labels
+		"Chart": template.HTML(SVGChart(rep.Result, rep.Config.CapacityPerInstance)), // built by SVGChart from numbers and escaped labels
 		"Table": tb.String(),
 	})
 }
