@@ -42,14 +42,9 @@ func (l *upLog) get() []taskscaler.UpInstance {
 func TestAdoptionAcrossRestart(t *testing.T) { testAdoption(t, false) }
 
 // TestAdoptionKeepsUseCount is TestAdoptionAcrossRestart that also checks
-// the use count and acquisitions survive. The taskscaler saves an
-// instance's state only when it becomes ready, not on Acquire or Release,
-// so today the use count is always restored as 0; remove the Skip once it
-// saves on those events.
-func TestAdoptionKeepsUseCount(t *testing.T) {
-	t.Skip("taskscaler does not yet Save instance state on Acquire/Release (use count and acquisitions are stored as of ready-up only)")
-	testAdoption(t, true)
-}
+// that the use count and acquisitions survive: the taskscaler saves an
+// instance's state after acquisitions and releases, not only at ready-up.
+func TestAdoptionKeepsUseCount(t *testing.T) { testAdoption(t, true) }
 
 func testAdoption(t *testing.T, checkUseCount bool) {
 	synctest.Test(t, func(t *testing.T) {
