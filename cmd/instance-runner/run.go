@@ -5,8 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 
 	"go.uber.org/zap"
@@ -36,7 +39,7 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return configError(stderr, err)
 	}
-	log, err := daemon.NewLogger(cfg.LogLevel, cfg.LogFormat)
+	log, level, err := daemon.NewReloadableLogger(cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		return fmt.Errorf("%s: %w", *path, err)
 	}
@@ -59,10 +62,20 @@ func cmdRun(args []string, stderr io.Writer) error {
 		}
 	})
 	defer stop()
-	d, err = daemon.New(ctx, cfg, daemon.Options{Logger: log, SystemID: sysID, Version: versionString()})
+	d, err = daemon.New(ctx, cfg, daemon.Options{Logger: log, LogLevel: level, SystemID: sysID, Version: versionString()})
 	if err != nil {
 		return err
 	}
+	// SIGHUP or a change of the file reloads the config (policies and
+	// the settings that are safe to change at once).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		if err := d.WatchConfig(ctx, *path, hup); err != nil {
+			log.Warn("config file changes are not watched; restart to apply changes", zap.Error(err))
+		}
+	}()
 	if err := d.Run(ctx); err != nil {
 		return err
 	}

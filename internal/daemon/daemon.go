@@ -96,6 +96,10 @@ type Event struct {
 type Options struct {
 	// Logger receives structured logs; nil means zap.NewNop().
 	Logger *zap.Logger
+	// LogLevel, when set, is the level of Logger that a reload changes
+	// when `log_level` changes (see NewReloadableLogger); nil means a
+	// changed log_level needs a restart.
+	LogLevel *zap.AtomicLevel
 	// SystemID identifies this host to GitLab (see LoadSystemID); required.
 	SystemID string
 	// Version is reported to GitLab in the runner info.
@@ -129,12 +133,14 @@ type Daemon struct {
 	cfg     *config.Config
 	opts    Options
 	log     *zap.Logger
-	global  semaphore
+	global  *semaphore
 	runners []*runner
 	metrics *metrics
 
 	abortOnce sync.Once
 	abort     chan struct{}
+
+	reload reloadState // see reload.go
 
 	mu          sync.Mutex
 	metricsAddr string // bound listen_address, once serving

@@ -32,35 +32,6 @@ type requester interface {
 // for it; the handler owns it (Acquire + Release, or Unreserve).
 type jobStarter func(ctx context.Context, key string, job *gitlab.Job)
 
-// semaphore is a counting semaphore; a nil semaphore never blocks
-// (limit = 0 means unlimited).
-type semaphore chan struct{}
-
-func newSemaphore(n int) semaphore {
-	if n <= 0 {
-		return nil
-	}
-	return make(semaphore, n)
-}
-
-func (s semaphore) acquire(ctx context.Context) bool {
-	if s == nil {
-		return ctx.Err() == nil
-	}
-	select {
-	case s <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-func (s semaphore) release() {
-	if s != nil {
-		<-s
-	}
-}
-
 // forbiddenStrikes is how many 403 answers to jobs/request in a row make a
 // runner pause for forbiddenPause: the token is probably revoked, and
 // hammering GitLab with it helps nobody.
@@ -78,11 +49,11 @@ const (
 // `limit`, reserve capacity, and only then ask GitLab for a job.
 type poller struct {
 	name          string
-	global, limit semaphore
+	global, limit *semaphore
 	scaler        reserver
 	api           requester
 	start         jobStarter
-	checkInterval time.Duration
+	checkInterval time.Duration // guarded by mu
 	log           *zap.Logger
 	// isForbidden reports a 403 answer to jobs/request.
 	isForbidden func(error) bool
@@ -95,10 +66,17 @@ type poller struct {
 	mu        sync.Mutex
 	released  chan struct{} // closed and replaced whenever a job ends
 	forbidden int           // consecutive 403 answers
-	jobs      sync.WaitGroup
+	// checkInterval may change on reload: read it with interval().
+	// runCtx and runJobCtx are run's contexts while it runs; loopStops
+	// stop the request loops (see setRequestConcurrency).
+	runCtx, runJobCtx context.Context
+	loopStops         []context.CancelFunc
+	loops             sync.WaitGroup
+	wantLoops         int // request_concurrency set by a reload; 0 = run's n
+	jobs              sync.WaitGroup
 }
 
-func newPoller(name string, global semaphore, limit int, s reserver, api requester, start jobStarter, checkInterval time.Duration, isForbidden func(error) bool, log *zap.Logger) *poller {
+func newPoller(name string, global *semaphore, limit int, s reserver, api requester, start jobStarter, checkInterval time.Duration, isForbidden func(error) bool, log *zap.Logger) *poller {
 	return &poller{
 		name: name, global: global, limit: newSemaphore(limit), scaler: s, api: api, start: start,
 		checkInterval: checkInterval, isForbidden: isForbidden, log: log, released: make(chan struct{}),
@@ -123,14 +101,18 @@ func (p *poller) releasedCh() <-chan struct{} {
 // stopped. Jobs already started keep running under jobCtx; wait for them
 // with waitJobs.
 func (p *poller) run(ctx, jobCtx context.Context, n int) {
-	if n < 1 {
-		n = 1
+	p.mu.Lock()
+	p.runCtx, p.runJobCtx = ctx, jobCtx
+	if p.wantLoops > 0 {
+		n = p.wantLoops
 	}
-	var wg sync.WaitGroup
-	for range n {
-		wg.Go(func() { p.loop(ctx, jobCtx) })
-	}
-	wg.Wait()
+	p.mu.Unlock()
+	p.setRequestConcurrency(n)
+	<-ctx.Done()
+	p.mu.Lock()
+	p.runCtx, p.loopStops = nil, nil // no loop starts after this
+	p.mu.Unlock()
+	p.loops.Wait()
 }
 
 // waitJobs returns when every started job has ended.
@@ -148,7 +130,7 @@ func (p *poller) loop(ctx, jobCtx context.Context) {
 	// min(check_interval, 1 s). Reserve is an in-process call, not a
 	// GitLab request.
 	capWait := &backoff.ExponentialBackOff{InitialInterval: 10 * time.Millisecond, RandomizationFactor: 0.2,
-		Multiplier: 2, MaxInterval: min(p.checkInterval, noCapacityRetry)}
+		Multiplier: 2, MaxInterval: min(p.interval(), noCapacityRetry)}
 	capWait.Reset()
 	for ctx.Err() == nil {
 		if !p.limit.acquire(ctx) {
@@ -317,12 +299,12 @@ func (p *poller) afterEmpty(ctx context.Context, err error, took time.Duration) 
 		p.log.Warn("job request failed", zap.Error(err))
 	default:
 		p.resetForbidden()
-		if took >= p.checkInterval {
+		if took >= p.interval() {
 			// A long poll ended without a job: the queue changed, ask again.
 			return
 		}
 	}
-	p.wait(ctx, nil, p.checkInterval)
+	p.wait(ctx, nil, p.interval())
 }
 
 // wait sleeps for d, or until wake is closed or ctx ends. It reports

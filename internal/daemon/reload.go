@@ -1,0 +1,377 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"go.uber.org/zap"
+
+	"github.com/fleetwright/taskscaler/internal/config"
+)
+
+// ConfigDebounce is how long WatchConfig waits after the last change event
+// in the config file's directory before reloading: editors write a file in
+// several steps (temporary file, rename, chmod).
+const ConfigDebounce = 500 * time.Millisecond
+
+// ReloadReport says what a reload did. Keys are config.toml keys, with the
+// runner's name for [[runners]] keys, e.g. "check_interval" or
+// `runners[ci].autoscaler.policy`; values are never included (some are
+// secrets).
+type ReloadReport struct {
+	// Applied lists the changed keys now in effect.
+	Applied []string
+	// NeedsRestart lists the changed keys that only take effect when
+	// instance-runner is restarted (they are ignored until then).
+	NeedsRestart []string
+}
+
+// Changed reports whether the new config differed from the running one.
+func (r ReloadReport) Changed() bool { return len(r.Applied)+len(r.NeedsRestart) > 0 }
+
+// reloadState is the part of a Daemon that reloads use.
+type reloadState struct {
+	mu   sync.Mutex     // serialises reloads
+	live *config.Config // the running config: start-up config plus applied changes
+	// onReload, when set (tests), is called after every ReloadFile.
+	onReload func(ReloadReport, error)
+}
+
+// NewReloadableLogger is NewLogger whose level can be changed later through
+// the returned AtomicLevel; pass it as Options.LogLevel so that a reload
+// applies a changed `log_level` at once. Errors name the bad value.
+func NewReloadableLogger(level, format string) (*zap.Logger, *zap.AtomicLevel, error) {
+	l, err := NewLogger(level, format)
+	if err != nil {
+		return nil, nil, err
+	}
+	atom := zap.NewAtomicLevelAt(l.Level())
+	all, err := NewLogger("debug", format)
+	if err != nil {
+		return nil, nil, err
+	}
+	return all.WithOptions(zap.IncreaseLevel(atom)), &atom, nil
+}
+
+// runnerKey identifies a [[runners]] entry across reloads: its URL and its
+// id, or its name when it has no id.
+func runnerKey(r *config.Runner) string {
+	if r.ID != 0 {
+		return fmt.Sprintf("%s#%d", r.URL, r.ID)
+	}
+	return r.URL + "|" + r.Name
+}
+
+// cloneConfig copies the parts of cfg a reload changes, so that the
+// running config and the reload's view never share mutable state.
+func cloneConfig(cfg *config.Config) *config.Config {
+	c := *cfg
+	c.Runners = slices.Clone(cfg.Runners)
+	for i := range c.Runners {
+		if a := c.Runners[i].Autoscaler; a != nil {
+			ac := *a
+			ac.Policy = slices.Clone(a.Policy)
+			c.Runners[i].Autoscaler = &ac
+		}
+	}
+	return &c
+}
+
+// Reload applies a new config (already loaded and validated by
+// config.Load) to the running daemon, as GitLab Runner does on SIGHUP or
+// a change of config.toml:
+//   - at once: [[runners.autoscaler.policy]] (taskscaler ConfigureSchedule),
+//     check_interval, concurrent, and per runner limit and
+//     request_concurrency; log_level when Options.LogLevel is set;
+//   - every other changed key, and added or removed [[runners]] entries
+//     (matched by url and id, or url and name), are listed in
+//     NeedsRestart and logged: they take effect at the next start.
+//
+// It returns an error, and changes nothing, when a runner's policies are
+// refused by the taskscaler (ErrShutdown after Run has stopped, or a bad
+// schedule); the error names the runner.
+func (d *Daemon) Reload(cfg *config.Config) (ReloadReport, error) {
+	st := &d.reload
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.live == nil {
+		st.live = cloneConfig(d.cfg)
+	}
+	live := st.live
+	next := cloneConfig(cfg)
+	var rep ReloadReport
+
+	// Match runners.
+	type pair struct {
+		r        *runner
+		old, new *config.Runner
+	}
+	var pairs []pair
+	seen := map[string]bool{}
+	for i := range next.Runners {
+		nr := &next.Runners[i]
+		k := runnerKey(nr)
+		found := false
+		for j, r := range d.runners {
+			if runnerKey(&live.Runners[j]) == k && !seen[k] {
+				pairs = append(pairs, pair{r: r, old: &live.Runners[j], new: nr})
+				seen[k], found = true, true
+				break
+			}
+		}
+		if !found {
+			rep.NeedsRestart = append(rep.NeedsRestart, fmt.Sprintf("runners[%s] (added)", runnerName(nr)))
+		}
+	}
+	for j := range d.runners {
+		if !seen[runnerKey(&live.Runners[j])] {
+			rep.NeedsRestart = append(rep.NeedsRestart, fmt.Sprintf("runners[%s] (removed)", runnerName(&live.Runners[j])))
+		}
+	}
+
+	// Policies first: the only step that can fail. On failure, restore
+	// the runners already changed.
+	var changed []pair
+	for _, p := range pairs {
+		if reflect.DeepEqual(p.old.Autoscaler.Policy, p.new.Autoscaler.Policy) {
+			continue
+		}
+		if err := p.r.ts.ConfigureSchedule(Schedules(p.new.Autoscaler.Policy)...); err != nil {
+			for _, c := range changed {
+				_ = c.r.ts.ConfigureSchedule(Schedules(c.old.Autoscaler.Policy)...)
+			}
+			return ReloadReport{}, fmt.Errorf("runner %s: [[runners.autoscaler.policy]]: %w", p.r.name, err)
+		}
+		changed = append(changed, p)
+		rep.Applied = append(rep.Applied, fmt.Sprintf("runners[%s].autoscaler.policy", p.r.name))
+		p.old.Autoscaler.Policy = slices.Clone(p.new.Autoscaler.Policy)
+	}
+
+	// Global settings.
+	if next.CheckInterval != live.CheckInterval {
+		for _, r := range d.runners {
+			r.poller.setCheckInterval(next.CheckInterval)
+		}
+		live.CheckInterval = next.CheckInterval
+		rep.Applied = append(rep.Applied, "check_interval")
+	}
+	if next.Concurrent != live.Concurrent {
+		d.global.resize(max(next.Concurrent, 1))
+		live.Concurrent = next.Concurrent
+		rep.Applied = append(rep.Applied, "concurrent")
+	}
+	if !strings.EqualFold(next.LogLevel, live.LogLevel) {
+		if lvl, err := NewLogger(next.LogLevel, "json"); err == nil && d.opts.LogLevel != nil {
+			d.opts.LogLevel.SetLevel(lvl.Level())
+			live.LogLevel = next.LogLevel
+			rep.Applied = append(rep.Applied, "log_level")
+		} else {
+			rep.NeedsRestart = append(rep.NeedsRestart, "log_level")
+		}
+	}
+	rep.NeedsRestart = append(rep.NeedsRestart, diffKeys("", reflect.ValueOf(*live), reflect.ValueOf(*next),
+		"check_interval", "concurrent", "log_level", "runners")...)
+
+	// Per-runner settings.
+	for _, p := range pairs {
+		if p.new.Limit != p.old.Limit {
+			p.r.poller.limit.resize(p.new.Limit)
+			p.old.Limit = p.new.Limit
+			rep.Applied = append(rep.Applied, fmt.Sprintf("runners[%s].limit", p.r.name))
+		}
+		if p.new.RequestConcurrency != p.old.RequestConcurrency {
+			p.r.poller.setRequestConcurrency(p.new.RequestConcurrency)
+			p.old.RequestConcurrency = p.new.RequestConcurrency
+			rep.Applied = append(rep.Applied, fmt.Sprintf("runners[%s].request_concurrency", p.r.name))
+		}
+		prefix := fmt.Sprintf("runners[%s].", p.r.name)
+		rep.NeedsRestart = append(rep.NeedsRestart, diffKeys(prefix, reflect.ValueOf(*p.old), reflect.ValueOf(*p.new),
+			"limit", "request_concurrency", "autoscaler")...)
+		rep.NeedsRestart = append(rep.NeedsRestart, diffKeys(prefix+"autoscaler.", reflect.ValueOf(*p.old.Autoscaler),
+			reflect.ValueOf(*p.new.Autoscaler), "policy")...)
+	}
+	return rep, nil
+}
+
+// diffKeys returns the toml keys of the exported fields of two structs of
+// the same type whose values differ, prefixed, except those in skip and
+// fields without a toml key (derived values such as Provider).
+func diffKeys(prefix string, a, b reflect.Value, skip ...string) []string {
+	var out []string
+	t := a.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if !f.IsExported() || key == "" || key == "-" || slices.Contains(skip, key) {
+			continue
+		}
+		if !reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			out = append(out, prefix+key)
+		}
+	}
+	return out
+}
+
+// ReloadFile loads the config file at path and applies it with Reload. An
+// invalid file is logged with every problem (file:line:col: key: message)
+// and returned as the error; the running config stays in effect. Applied
+// keys are logged at info level, keys needing a restart at warn level.
+func (d *Daemon) ReloadFile(path string) (ReloadReport, error) {
+	rep, err := d.reloadFile(path)
+	if f := d.reload.onReload; f != nil {
+		f(rep, err)
+	}
+	return rep, err
+}
+
+func (d *Daemon) reloadFile(path string) (ReloadReport, error) {
+	cfg, warns, err := config.Load(path)
+	if err != nil {
+		var problems []string
+		var list config.ErrorList
+		if errors.As(err, &list) {
+			for _, e := range list {
+				problems = append(problems, e.Error())
+			}
+		} else {
+			problems = []string{err.Error()}
+		}
+		d.log.Error("config reload failed: the new config is invalid; keeping the running config",
+			zap.String("config", path), zap.Strings("problems", problems))
+		return ReloadReport{}, err
+	}
+	for _, w := range warns {
+		d.log.Warn(w.String())
+	}
+	rep, err := d.Reload(cfg)
+	if err != nil {
+		d.log.Error("config reload failed; keeping the running config", zap.String("config", path), zap.Error(err))
+		return rep, err
+	}
+	if !rep.Changed() {
+		d.log.Info("config reloaded: nothing changed", zap.String("config", path))
+		return rep, nil
+	}
+	d.log.Info("config reloaded", zap.String("config", path), zap.Strings("applied", rep.Applied))
+	if len(rep.NeedsRestart) > 0 {
+		d.log.Warn("changed settings take effect only after a restart of instance-runner",
+			zap.String("config", path), zap.Strings("needs_restart", rep.NeedsRestart))
+	}
+	return rep, nil
+}
+
+// WatchConfig reloads the config file at path (with ReloadFile) when hup
+// receives a signal (SIGHUP) and when the file's content changes. It
+// watches the file's directory, not the file, so that editors that replace
+// the file and Kubernetes ConfigMap symlink swaps are seen; events are
+// debounced by ConfigDebounce and a reload happens only when the content
+// differs from the last one read. It returns nil when ctx ends, or an error
+// when path's directory cannot be watched (hup is then not served either).
+func (d *Daemon) WatchConfig(ctx context.Context, path string, hup <-chan os.Signal) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", path, err)
+	}
+	defer w.Close()
+	dir := filepath.Dir(path)
+	if err := w.Add(dir); err != nil {
+		return fmt.Errorf("watch the directory of %s: %w", path, err)
+	}
+	last := fileHash(path)
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	defer debounce.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-hup:
+			d.log.Info("SIGHUP: reloading the config", zap.String("config", path))
+			last = fileHash(path)
+			_, _ = d.ReloadFile(path)
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			// Any event in the directory may replace the file (rename
+			// over it, symlink swap); the hash below filters the rest.
+			if ev.Has(fsnotify.Chmod) && filepath.Clean(ev.Name) != filepath.Clean(path) {
+				continue
+			}
+			debounce.Reset(ConfigDebounce)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			d.log.Warn("watching the config file", zap.String("config", path), zap.Error(err))
+		case <-debounce.C:
+			h := fileHash(path)
+			if h == last {
+				continue
+			}
+			last = h
+			d.log.Info("config file changed: reloading", zap.String("config", path))
+			_, _ = d.ReloadFile(path)
+		}
+	}
+}
+
+// fileHash is the SHA-256 of path's content, or "" when it cannot be
+// read (a moment between an editor's delete and create).
+func fileHash(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b))
+}
+
+// interval returns the current check_interval.
+func (p *poller) interval() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.checkInterval
+}
+
+// setCheckInterval changes check_interval; waits already started keep
+// their length.
+func (p *poller) setCheckInterval(d time.Duration) {
+	p.mu.Lock()
+	p.checkInterval = d
+	p.mu.Unlock()
+}
+
+// setRequestConcurrency makes n request loops run (at least 1): it starts
+// new ones or stops the last ones started. A stopped loop's request in
+// flight is cancelled; an unacknowledged job is requeued by GitLab. Before
+// run, it sets the number run starts; after run, it does nothing.
+func (p *poller) setRequestConcurrency(n int) {
+	n = max(n, 1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.wantLoops = n
+	if p.runCtx == nil || p.runCtx.Err() != nil {
+		return
+	}
+	for len(p.loopStops) < n {
+		lctx, stop := context.WithCancel(p.runCtx)
+		p.loopStops = append(p.loopStops, stop)
+		jobCtx := p.runJobCtx
+		p.loops.Go(func() { p.loop(lctx, jobCtx) })
+	}
+	for len(p.loopStops) > n {
+		last := len(p.loopStops) - 1
+		p.loopStops[last]()
+		p.loopStops = p.loopStops[:last]
+	}
+}
