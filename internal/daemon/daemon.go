@@ -125,6 +125,11 @@ type Options struct {
 	// FinishTimeout bounds reporting a job's final state to GitLab,
 	// including retries; 0 means 2 minutes.
 	FinishTimeout time.Duration
+	// NoStateStorage turns off every state kept on disk: the instance
+	// store ([runners.autoscaler.state_storage]) and the job journal.
+	// `instance-runner exec` sets it, as a one-shot run has nothing to
+	// resume.
+	NoStateStorage bool
 }
 
 // Daemon runs every configured runner. Create it with New, start it with
@@ -292,6 +297,7 @@ func (d *Daemon) shutdownScalers(ctx context.Context) error {
 			bound := a.ShutdownDeletionInterval*time.Duration(a.ShutdownDeletionRetries+1) + time.Minute
 			sctx, cancel := context.WithTimeout(ctx, bound)
 			defer cancel()
+			r.stopState()
 			err := r.ts.Shutdown(sctx)
 			r.pool.Close()
 			if err != nil {

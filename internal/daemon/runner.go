@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +20,6 @@ import (
 	"github.com/fleetwright/taskscaler/internal/jobjournal"
 	"github.com/fleetwright/taskscaler/provider"
 	"github.com/fleetwright/taskscaler/taskscaler"
-	"github.com/fleetwright/taskscaler/taskscaler/filestore"
 )
 
 // runner is one [[runners]] entry at run time.
@@ -35,7 +33,10 @@ type runner struct {
 	api    *gitlab.Client
 	poller *poller
 
-	journal *jobjournal.Journal // nil without state_storage
+	// journal records the jobs this process runs; orphans holds those an
+	// earlier process left running (see state.go). nil when disabled.
+	journal, orphans *jobjournal.Journal
+	stopRecovery     func() // stops startRecovery's goroutine and waits
 
 	mu      sync.Mutex
 	running map[int64]bool // job ids in progress: a job never runs twice
@@ -66,6 +67,9 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 	if a == nil {
 		return nil, fmt.Errorf("runner %s: no [runners.autoscaler] section; instance-runner needs one (see examples/configs)", r.name)
 	}
+	if err := unsupported(rc); err != nil {
+		return nil, err
+	}
 	r.pool = connector.NewPool(connector.DialOptions{UseExternalAddr: a.ConnectorConfig.UseExternalAddr, Logger: r.log})
 
 	newGroup := d.opts.NewGroup
@@ -78,18 +82,11 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 	}
 	ig := &infoGroup{InstanceGroup: g}
 	opts := r.scalerOptions()
-	if ss := a.StateStorage; ss.Enabled {
-		dir := filestore.Dir(ss.Dir, rc.URL, rc.ID, rc.Token)
-		store, err := filestore.New(filepath.Join(dir, "instances"), r.log)
-		if err != nil {
-			return nil, fmt.Errorf("runner %s: state_storage: %w", r.name, err)
-		}
-		r.journal, err = jobjournal.Open(filepath.Join(dir, "jobs"), r.log)
-		if err != nil {
-			return nil, fmt.Errorf("runner %s: state_storage: %w", r.name, err)
-		}
-		opts = append(opts, taskscaler.WithStorage(store))
+	stateOpts, err := r.openState()
+	if err != nil {
+		return nil, err
 	}
+	opts = append(opts, stateOpts...)
 	r.ts, err = taskscaler.New(ctx, ig, append(opts, d.opts.ScalerOptions...)...)
 	if err != nil {
 		ig.mu.Lock()
@@ -118,15 +115,7 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 		_ = r.ts.Shutdown(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("runner %s: %w", r.name, err)
 	}
-	if r.journal != nil {
-		n, err := jobjournal.Recover(ctx, r.journal, r.api, r.log)
-		if n > 0 {
-			r.log.Warn("reported jobs left running by the previous manager as failed", zap.Int("jobs", n))
-		}
-		if err != nil {
-			r.log.Error("could not report every job left running by the previous manager; retrying at the next start", zap.Error(err))
-		}
-	}
+	r.startRecovery()
 	r.poller = newPoller(r.name, d.global, rc.Limit, r.ts, r.api, r.handleJob, d.cfg.CheckInterval,
 		func(err error) bool { return errors.Is(err, gitlab.ErrForbidden) }, r.log)
 	r.poller.outcome = func(o string) { d.metrics.requests.WithLabelValues(r.name, o).Inc() }
@@ -271,7 +260,7 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 	}
 	ev.Kind = EventReceived
 	r.d.emit(ev)
-	r.journalPut(job, "", 0, nil, log)
+	jr := r.journalStart(job, trace, log)
 
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -283,7 +272,7 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 		}
 	}()
 
-	res, instanceID, slot, acquired := r.runOnSlot(jctx, received, key, job, trace, log)
+	res, instanceID, slot, acquired := r.runOnSlot(jctx, received, key, job, trace, jr, log)
 	if acquired {
 		defer r.ts.Release(key)
 	} else {
@@ -304,14 +293,7 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 	if res.FailureReason != "" {
 		fields = append(fields, zap.String("failure_reason", string(res.FailureReason)), zap.Int("exit_code", res.ExitCode))
 	}
-	switch {
-	case err == nil, errors.Is(err, gitlab.ErrAborted):
-		r.journalRemove(job.ID, log)
-	default:
-		// GitLab did not take the final state: keep it for the next start.
-		r.journalPut(job, instanceID, slot, &jobjournal.Final{State: res.State,
-			FailureReason: gitlab.MapFailureReason(res.FailureReason, job.Features.FailureReasons), ExitCode: res.ExitCode}, log)
-	}
+	jr.finish(err, res, job.Features.FailureReasons)
 	switch {
 	case err != nil && errors.Is(err, gitlab.ErrAborted) && errors.Is(context.Cause(jctx), errAborted):
 		log.Info("job aborted by GitLab; it keeps the state GitLab gave it", append(fields, zap.Error(err))...)
@@ -327,33 +309,11 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 	r.d.emit(ev)
 }
 
-// journalPut records job as running (final == nil) or as decided but not
-// yet accepted by GitLab, so that a restarted manager finishes it.
-func (r *runner) journalPut(job *gitlab.Job, instanceID string, slot int, final *jobjournal.Final, log *zap.Logger) {
-	if r.journal == nil {
-		return
-	}
-	rec := jobjournal.Record{JobID: job.ID, JobToken: job.Token, RunnerURL: r.cfg.URL, RunnerID: r.cfg.ID,
-		InstanceID: instanceID, Slot: slot, Started: time.Now(), Final: final, ChecksumUnknown: final != nil}
-	if err := r.journal.Put(rec); err != nil {
-		log.Warn("could not record the job in the state storage journal", zap.Error(err))
-	}
-}
-
-func (r *runner) journalRemove(id int64, log *zap.Logger) {
-	if r.journal == nil {
-		return
-	}
-	if err := r.journal.Remove(id); err != nil {
-		log.Warn("could not remove the job from the state storage journal", zap.Error(err))
-	}
-}
-
 // runOnSlot acquires a slot for key, runs the job, and retries once on
 // another instance when the first one failed before the script started.
 // acquired reports whether key holds a slot at the end (Release) or only
 // its reservation (Unreserve).
-func (r *runner) runOnSlot(ctx context.Context, received time.Time, key string, job *gitlab.Job, trace *gitlab.JobTrace, log *zap.Logger) (res jobexec.Result, instanceID string, slot int, acquired bool) {
+func (r *runner) runOnSlot(ctx context.Context, received time.Time, key string, job *gitlab.Job, trace *gitlab.JobTrace, jr *jobRecord, log *zap.Logger) (res jobexec.Result, instanceID string, slot int, acquired bool) {
 	a := r.cfg.Autoscaler
 	fmt.Fprintf(trace, "Preparing the instance executor: waiting for a slot on an instance (at most %s, instance_acquire_timeout)...\n", a.InstanceAcquireTimeout)
 	actx, acancel := context.WithTimeout(ctx, a.InstanceAcquireTimeout)
@@ -364,6 +324,7 @@ func (r *runner) runOnSlot(ctx context.Context, received time.Time, key string, 
 	}
 	for attempt := 1; ; attempt++ {
 		instanceID, slot = acq.InstanceID(), acq.Slot()
+		jr.setInstance(instanceID, slot)
 		jlog := log.With(zap.String("instance_id", instanceID), zap.Int("slot", slot))
 		r.d.emit(Event{Kind: EventStarted, Runner: r.name, JobID: job.ID, JobName: job.JobInfo.Name, Stage: job.JobInfo.Stage, InstanceID: instanceID, Slot: slot})
 		jlog.Info("job running on slot")

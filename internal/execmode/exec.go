@@ -218,7 +218,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	d, err := daemon.New(ctx, cfg, daemon.Options{
 		Logger: log, SystemID: "r_execlocal001", Version: opts.Version,
 		ScalerOptions: opts.ScalerOptions, OnEvent: tracker.event(o),
-		Trace: gitlab.TraceOptions{UpdateInterval: time.Second, KeepAlive: time.Second},
+		Trace:          gitlab.TraceOptions{UpdateInterval: time.Second, KeepAlive: time.Second},
+		NoStateStorage: true, // a one-shot run resumes nothing
 	})
 	if err != nil {
 		return nil, err
