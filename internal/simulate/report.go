@@ -1,6 +1,7 @@
 package simulate
 
 import (
+	"bytes"
 	"fmt"
 	"html"
 	"html/template"
@@ -69,7 +70,8 @@ func policySummary(c sim.Config) string {
 // inputs (no wall-clock times).
 func WriteTable(w io.Writer, rep Report) error {
 	r, c := rep.Result, rep.Config
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
 	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, a...)) }
 	row("trace", "%s: %d jobs, simulated %s to %s UTC", rep.TracePath, r.Jobs, r.Start.UTC().Format("2006-01-02 15:04"), r.End.UTC().Format("2006-01-02 15:04"))
 	row("config", "%s, runner %q", rep.ConfigPath, rep.Runner)
@@ -102,7 +104,17 @@ func WriteTable(w io.Writer, rep Report) error {
 	if c.MaxInstances > 0 && r.Bound.PeakBusy > c.MaxInstances*max(c.CapacityPerInstance, 1) {
 		row("note", "the trace needs %d slots at its peak but max_instances × capacity_per_instance is %d: some waiting is unavoidable, and the cost may fall below the lower bound", r.Bound.PeakBusy, c.MaxInstances*max(c.CapacityPerInstance, 1))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// No trailing blanks (tabwriter pads the empty separator row).
+	var out bytes.Buffer
+	for line := range bytes.Lines(buf.Bytes()) {
+		out.Write(bytes.TrimRight(line, " \n"))
+		out.WriteByte('\n')
+	}
+	_, err := w.Write(out.Bytes())
+	return err
 }
 
 // Chart dimensions in SVG user units.
