@@ -99,3 +99,22 @@ func TestExecFlagsAfterJobNames(t *testing.T) {
 		t.Errorf("interleaved = %q, want %q", strings.Join(got, " "), want)
 	}
 }
+
+func TestValidateRefusesVMIsolation(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "vm.toml")
+	src := "concurrent = 1\n[[runners]]\n  name = \"mac\"\n  url = \"https://gitlab.example.com\"\n  token = \"glrt-x\"\n  executor = \"instance\"\n  [runners.autoscaler]\n    plugin = \"local\"\n    [runners.autoscaler.vm_isolation]\n      enabled = true\n      nesting_host = \"unix:///tmp/nesting.sock\"\n"
+	if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI("validate", "--config", p)
+	if code != 1 || !strings.Contains(errOut, "vm_isolation") || !strings.Contains(errOut, "not supported") || strings.Contains(out, "is valid") {
+		t.Errorf("validate with vm_isolation enabled: code %d\nstdout:\n%s\nstderr:\n%s\nwant exit 1 and an error naming vm_isolation", code, out, errOut)
+	}
+	// Disabled, the section is accepted.
+	if err := os.WriteFile(p, []byte(strings.Replace(src, "enabled = true", "enabled = false", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := runCLI("validate", "--config", p); code != 0 {
+		t.Errorf("validate with vm_isolation disabled: code %d\n%s\n%s", code, out, errOut)
+	}
+}

@@ -134,6 +134,10 @@ func cmdValidate(args []string, stdout, stderr io.Writer) error {
 			errs = append(errs, fmt.Sprintf("%s: runner %q: [runners.autoscaler.plugin_config]: %v", *path, r.Name, perr))
 		}
 	}
+	// Settings the daemon refuses to run with (e.g. vm_isolation).
+	for _, e := range daemon.Unsupported(cfg) {
+		errs = append(errs, fmt.Sprintf("%s: %v", *path, e))
+	}
 	printSummary(stdout, cfg)
 	if len(errs) > 0 {
 		fmt.Fprintln(stderr, strings.Join(errs, "\n"))
