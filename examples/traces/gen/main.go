@@ -66,7 +66,7 @@ func main() {
 	}
 }
 
-func run(args []string, stdout, stderr io.Writer) error {
+func run(args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("gen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	prof := fs.String("profile", "office-hours", "preset: office-hours, merge-trains or quiet-nights")
@@ -135,11 +135,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	w := stdout
 	if *out != "" {
-		f, err := os.Create(*out)
-		if err != nil {
-			return err
+		f, cerr := os.Create(*out)
+		if cerr != nil {
+			return cerr
 		}
-		defer f.Close()
+		defer func() { // err is run's result
+			if cerr := f.Close(); err == nil && cerr != nil {
+				err = fmt.Errorf("writing %s: %w", *out, cerr)
+			}
+		}()
 		w = f
 	}
 	bw := bufio.NewWriter(w)
