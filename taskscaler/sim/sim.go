@@ -581,7 +581,10 @@ func (e *engine) offer(now time.Time) error {
 		e.pending++
 		go func() {
 			_, err := e.ts.Acquire(e.ctx, k)
-			e.results <- acqResult{idx: idx, err: err}
+			select {
+			case e.results <- acqResult{idx: idx, err: err}:
+			case <-e.ctx.Done(): // Run has returned (e.g. at the MaxWait cut-off)
+			}
 		}()
 		t0 := time.Now()
 		for {

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +146,29 @@ func TestContextCancelStopsRun(t *testing.T) {
 	_, err := Run(ctx, Config{BootTime: time.Minute}, []Job{{Created: t0, Duration: time.Minute}})
 	if err == nil {
 		t.Fatal("no error from a cancelled context")
+	}
+}
+
+// A run cut off at MaxWait with many jobs still waiting for a slot leaves no
+// goroutine behind.
+func TestCutOffLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	at := t0.Add(8 * time.Hour)
+	var jobs []Job
+	for range 200 {
+		jobs = append(jobs, Job{Created: at, Duration: 5 * time.Hour})
+	}
+	// Instances boot for 2 h, the run is cut off after 1 h: every job holds
+	// a pending Acquire then (more than the results channel buffers).
+	r := run(t, Config{CapacityPerInstance: 1, BootTime: 2 * time.Hour, MaxWait: time.Hour}, jobs)
+	if r.Unserved != len(jobs) {
+		t.Fatalf("served %d, want none: the test needs waiting Acquires at the cut-off", r.Served)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	if n := runtime.NumGoroutine(); n > before+2 {
+		t.Errorf("%d goroutines after Run, %d before", n, before)
 	}
 }
