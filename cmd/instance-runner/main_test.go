@@ -2,10 +2,16 @@ package main
 
 import (
 	"flag"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/fleetwright/taskscaler/internal/gitlab/gitlabtest"
 
 	"github.com/fleetwright/taskscaler/provider/local"
 )
@@ -116,5 +122,55 @@ func TestValidateRefusesVMIsolation(t *testing.T) {
 	}
 	if code, out, errOut := runCLI("validate", "--config", p); code != 0 {
 		t.Errorf("validate with vm_isolation disabled: code %d\n%s\n%s", code, out, errOut)
+	}
+}
+
+func TestRunStopsOnSIGTERM(t *testing.T) {
+	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: "glrt-cmd", LongPoll: 200 * time.Millisecond})
+	defer srv.Close()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`concurrent = 1
+check_interval = 1
+log_level = "warn"
+[[runners]]
+  name = "cmd"
+  url = %q
+  token = "glrt-cmd"
+  executor = "instance"
+  [runners.autoscaler]
+    plugin = "fake"
+    max_instances = 1
+`, srv.URL())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	var stderr strings.Builder
+	go func() { done <- run([]string{"--config", cfgPath}, io.Discard, &stderr) }()
+	// Wait until it polls GitLab, then ask it to stop as systemd would.
+	deadline := time.Now().Add(30 * time.Second)
+	for srv.Requests() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no job request within 30 s; stderr:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit code %d after SIGTERM, want 0; stderr:\n%s", code, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("instance-runner did not stop within 30 s of SIGTERM")
+	}
+	st, err := os.Stat(filepath.Join(dir, ".runner_system_id"))
+	if err != nil {
+		t.Fatalf(".runner_system_id next to config.toml: %v", err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf(".runner_system_id mode %v, want 0600", st.Mode().Perm())
 	}
 }

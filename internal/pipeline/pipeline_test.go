@@ -188,3 +188,23 @@ job:
 		t.Errorf("job = stage %q script %q, want build [echo a echo b echo c]", j.Stage, j.Script)
 	}
 }
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("stages: [a]\nj:\n  stage: a\n  script: [echo hi]\n  timeout: 1h 30m\n"))
+	f.Add([]byte(".t: &t\n  script: [x]\nj:\n  <<: *t\n  extends: .t\n  when: manual\n"))
+	f.Add([]byte("variables: {A: {value: x, expand: false}}\nj: {script: x, after_script: [[a, b]]}\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := Parse(data)
+		if err != nil {
+			return
+		}
+		if len(p.Jobs) == 0 {
+			t.Fatal("Parse succeeded without jobs")
+		}
+		for _, j := range p.Jobs {
+			if len(j.Script) == 0 || j.Timeout <= 0 || j.Stage == "" {
+				t.Fatalf("job %q parsed with script %q, timeout %v, stage %q", j.Name, j.Script, j.Timeout, j.Stage)
+			}
+		}
+	})
+}
