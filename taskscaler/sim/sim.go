@@ -63,6 +63,8 @@ type Config struct {
 	// local zone, so that results do not depend on the machine).
 	Schedules []taskscaler.Schedule
 	// Location is the zone for schedules without a timezone; nil = UTC.
+	// It must be an IANA zone (from time.LoadLocation), since schedules
+	// name their zone.
 	Location *time.Location
 	// UpdateInterval and UpdateIntervalWhenExpecting pace provider polling,
 	// as `update_interval` and `update_interval_when_expecting`; 0 means the
@@ -348,6 +350,11 @@ func Run(ctx context.Context, cfg Config, jobs []Job) (*Result, error) {
 		if scheds[i].Timezone == "" {
 			scheds[i].Timezone = loc.String()
 		}
+	}
+	// Let the first Update finish before the policies apply, so that the
+	// start does not depend on which of the two the owner sees first.
+	if err := ts.Sync(e.ctx); err != nil {
+		return nil, fmt.Errorf("sim: taskscaler sync: %w", err)
 	}
 	if err := ts.ConfigureSchedule(scheds...); err != nil {
 		return nil, fmt.Errorf("sim: %w", err)
