@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -39,5 +40,42 @@ func TestSameSeedSameResult(t *testing.T) {
 				t.Errorf("served %d of %d", first.Served, len(jobs))
 			}
 		})
+	}
+}
+
+// Random configs and traces, each run twice: every result must be equal.
+// This guards the determinism argument of the package documentation
+// against changes in the taskscaler.
+func TestDeterminismRandomConfigs(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(11, 12))
+	for i := range 10 {
+		var curve [24]float64
+		for h := range curve {
+			curve[h] = float64(rnd.IntN(4))
+		}
+		jobs, err := Generate(GenConfig{Start: t0, Days: 1, HourlyRate: curve, JobsMin: 1, JobsMax: 1 + rnd.IntN(6),
+			DurationMedian: time.Duration(1+rnd.IntN(10)) * time.Minute, DurationSigma: 0.7, Seed: rnd.Uint64()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pre := rnd.IntN(3) == 0
+		cfg := Config{
+			CapacityPerInstance: 1 + rnd.IntN(4),
+			MaxUseCount:         rnd.IntN(4),
+			MaxInstances:        rnd.IntN(12),
+			MaxConcurrent:       rnd.IntN(20),
+			CheckInterval:       time.Duration(rnd.IntN(4)) * time.Second,
+			BootTime:            time.Duration(rnd.IntN(120)) * time.Second,
+			BootJitter:          time.Duration(rnd.IntN(60)) * time.Second,
+			BootFailureRate:     float64(rnd.IntN(3)) * 0.05,
+			Seed:                rnd.Int64(),
+			Schedules: []taskscaler.Schedule{{IdleCount: rnd.IntN(6), IdleTime: time.Duration(rnd.IntN(30)) * time.Minute,
+				ScaleFactor: float64(rnd.IntN(3)) * 0.5, PreemptiveMode: &pre}},
+		}
+		first := run(t, cfg, jobs)
+		again := run(t, cfg, jobs)
+		if d := cmp.Diff(first, again); d != "" {
+			t.Fatalf("case %d (%+v): runs differ (-first +again):\n%s", i, cfg, d)
+		}
 	}
 }
