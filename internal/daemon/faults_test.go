@@ -16,7 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,6 +34,8 @@ import (
 	"github.com/fleetwright/taskscaler/internal/gitlab"
 	"github.com/fleetwright/taskscaler/internal/gitlab/gitlabtest"
 	"github.com/fleetwright/taskscaler/provider"
+	"github.com/fleetwright/taskscaler/provider/local"
+	"github.com/fleetwright/taskscaler/taskscaler"
 )
 
 // errInjectedProvider is what faultyGroup's failed calls wrap.
@@ -50,6 +54,8 @@ type faultyGroup struct {
 	max   int
 
 	mu           sync.Mutex
+	unhealthy    map[string]bool    // instances whose provider heartbeat fails
+	onDecrease   func(ids []string) // called after every successful Decrease
 	rnd          *rand.Rand
 	rate         map[string]float64 // op → failure probability
 	injected     map[string]int
@@ -60,7 +66,7 @@ type faultyGroup struct {
 
 func newFaultyGroup(inner provider.InstanceGroup, count func() int, maxInstances int, seed uint64) *faultyGroup {
 	return &faultyGroup{InstanceGroup: inner, count: count, max: maxInstances,
-		rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), rate: map[string]float64{}, injected: map[string]int{}}
+		rnd: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), rate: map[string]float64{}, injected: map[string]int{}, unhealthy: map[string]bool{}}
 }
 
 // setRate makes op ("increase", "decrease", "update", "connect_info") fail
@@ -104,7 +110,14 @@ func (g *faultyGroup) Decrease(ctx context.Context, ids []string) ([]string, err
 		return nil, err
 	}
 	defer g.observe()
-	return g.InstanceGroup.Decrease(ctx, ids)
+	done, err := g.InstanceGroup.Decrease(ctx, ids)
+	g.mu.Lock()
+	hook := g.onDecrease
+	g.mu.Unlock()
+	if hook != nil && len(done) > 0 {
+		hook(done)
+	}
+	return done, err
 }
 
 func (g *faultyGroup) Update(ctx context.Context, fn func(string, provider.State)) error {
@@ -124,6 +137,12 @@ func (g *faultyGroup) ConnectInfo(ctx context.Context, id string) (provider.Conn
 
 // Heartbeat forwards the wrapped group's provider heartbeat.
 func (g *faultyGroup) Heartbeat(ctx context.Context, id string) error {
+	g.mu.Lock()
+	bad := g.unhealthy[id]
+	g.mu.Unlock()
+	if bad {
+		return provider.NewError(provider.ErrInstanceUnhealthy, "heartbeat", errors.New("instance status check failed (injected)"))
+	}
 	if hb, ok := g.InstanceGroup.(provider.Heartbeater); ok {
 		return hb.Heartbeat(ctx, id)
 	}
@@ -173,6 +192,7 @@ type faultHarness struct {
 	dir   string // the local provider's instance directory
 	logs  *observer.ObservedLogs
 	ids   []int64
+	http  *statusCounter
 
 	mu        sync.Mutex
 	uses      map[string]int   // acquisitions per instance (EventStarted)
@@ -191,6 +211,29 @@ type harnessOpts struct {
 	seed         uint64
 	setup        func(h *faultHarness) // before the daemon starts
 	noStart      bool
+	scalerOpts   []taskscaler.Option
+}
+
+// statusCounter counts GitLab answers that were errors (5xx, 429) or lost.
+type statusCounter struct {
+	base   http.RoundTripper
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (c *statusCounter) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.base.RoundTrip(req)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case err != nil:
+		c.counts["lost"]++
+	case resp.StatusCode == http.StatusTooManyRequests:
+		c.counts["429"]++
+	case resp.StatusCode >= 500:
+		c.counts["5xx"]++
+	}
+	return resp, err
 }
 
 func newFaultHarness(t *testing.T, o harnessOpts) *faultHarness {
@@ -204,7 +247,7 @@ func newFaultHarness(t *testing.T, o harnessOpts) *faultHarness {
 	if o.maxInstances == 0 {
 		o.maxInstances = 2
 	}
-	h := &faultHarness{t: t, srv: gitlabtest.New(o.srv), uses: map[string]int{}, onJob: map[int64]string{},
+	h := &faultHarness{t: t, srv: gitlabtest.New(o.srv), http: &statusCounter{base: http.DefaultTransport, counts: map[string]int{}}, uses: map[string]int{}, onJob: map[int64]string{},
 		starts: map[int64]int{}, finished: map[int64]Event{}, events: make(chan struct{})}
 	t.Cleanup(h.srv.Close)
 	tmp := t.TempDir()
@@ -261,8 +304,10 @@ shutdown_timeout = 30
 			h.group = newFaultyGroup(inner, func() int { return localInstances(h.dir) }, o.maxInstances, o.seed)
 			return h.group, nil
 		},
-		Trace:   gitlab.TraceOptions{UpdateInterval: 100 * time.Millisecond, KeepAlive: time.Second},
-		OnEvent: h.onEvent,
+		Trace:         gitlab.TraceOptions{UpdateInterval: 100 * time.Millisecond, KeepAlive: time.Second},
+		OnEvent:       h.onEvent,
+		HTTPClient:    &http.Client{Transport: h.http},
+		ScalerOptions: o.scalerOpts,
 	}
 	if o.noStart {
 		return h
@@ -418,6 +463,13 @@ func TestFaults(t *testing.T) {
 		}
 		recs := h.waitAll()
 		h.srv.SetRandomFaults(nil)
+		h.http.mu.Lock()
+		counts := maps.Clone(h.http.counts)
+		h.http.mu.Unlock()
+		t.Logf("GitLab answers seen by the runner: %v", counts)
+		if counts["5xx"] == 0 || counts["429"] == 0 || counts["lost"] == 0 {
+			t.Errorf("storm did not produce 5xx, 429 and lost answers (%v): the fault was not exercised", counts)
+		}
 		for id, rec := range recs {
 			if rec.State != gitlabtest.StatusSuccess {
 				t.Errorf("job %d ended %s/%s, want success\n%s", id, rec.State, rec.FailureReason, tail(string(rec.Trace)))
@@ -566,4 +618,130 @@ func TestFaults(t *testing.T) {
 			t.Errorf("%d instances created by a daemon that could not start", n)
 		}
 	})
+	t.Run("instance vanishes while idle", func(t *testing.T) {
+		h := newFaultHarness(t, harnessOpts{seed: 7, extraScaler: ""})
+		first := h.add("first", "echo first-ok")
+		if rec := waitJob(t, h.srv, first); rec.State != gitlabtest.StatusSuccess {
+			t.Fatalf("first job ended %s", rec.State)
+		}
+		gone := h.instanceOf(first)
+		if _, err := h.inner.Decrease(context.Background(), []string{gone}); err != nil {
+			t.Fatal(err)
+		}
+		// The instance is idle (idle_time 30s) and still in the
+		// taskscaler's table; the connectivity check before hand-out or
+		// the move to another instance keeps the next jobs from failing.
+		for i := range 3 {
+			h.add(fmt.Sprintf("next-%d", i), "echo next-ok")
+		}
+		for id, rec := range h.waitAll() {
+			if rec.State != gitlabtest.StatusSuccess {
+				t.Errorf("job %d ended %s/%s after an idle instance vanished, want success\n%s", id, rec.State, rec.FailureReason, tail(string(rec.Trace)))
+			}
+		}
+		h.checkInvariants()
+	})
+
+	t.Run("instance_ready_command gates new instances", func(t *testing.T) {
+		gate := t.TempDir()
+		// The first two runs of the command fail (mkdir is atomic); a
+		// passing run leaves a marker in the instance's sandbox, and every
+		// job checks for it: a job on an instance that was not ready fails.
+		ready := fmt.Sprintf(`if mkdir %[1]s/1 2>/dev/null || mkdir %[1]s/2 2>/dev/null; then echo not ready yet; exit 1; fi; touch "$TASKSCALER_LOCAL_SANDBOX/ready-marker"`, gate)
+		h := newFaultHarness(t, harnessOpts{seed: 8, extraScaler: fmt.Sprintf("instance_ready_command = %q", ready)})
+		for i := range 4 {
+			h.add(fmt.Sprintf("gated-%d", i), `test -f "$TASKSCALER_LOCAL_SANDBOX/ready-marker" || { echo ran on an instance that was not ready; exit 9; }`)
+		}
+		for id, rec := range h.waitAll() {
+			if rec.State != gitlabtest.StatusSuccess {
+				t.Errorf("job %d ended %s/%s (exit %d), want success on a ready instance\n%s", id, rec.State, rec.FailureReason, rec.ExitCode, tail(string(rec.Trace)))
+			}
+		}
+		if n := h.logs.FilterMessageSnippet("instance_ready_command failed").Len(); n < 2 {
+			t.Errorf("%d instance_ready_command failures logged, want ≥ 2", n)
+		}
+		h.checkInvariants()
+	})
+
+	t.Run("failure_threshold heartbeat failures replace the instance", func(t *testing.T) {
+		decreased := make(chan string, 16)
+		h := newFaultHarness(t, harnessOpts{seed: 9,
+			// Provider heartbeats every 50 ms instead of 5 min; the
+			// pre-hand-out check stays a no-op here (SSH is covered above).
+			scalerOpts: []taskscaler.Option{taskscaler.WithHeartbeat(func(context.Context, provider.ConnectInfo) error { return nil }, 50*time.Millisecond)},
+			setup: func(h *faultHarness) {
+				h.cfg.Runners[0].Autoscaler.Policy[0].IdleTime = time.Hour
+			}})
+		h.group.mu.Lock()
+		h.group.onDecrease = func(ids []string) {
+			for _, id := range ids {
+				decreased <- id
+			}
+		}
+		h.group.mu.Unlock()
+		first := h.add("first", "echo first-ok")
+		if rec := waitJob(t, h.srv, first); rec.State != gitlabtest.StatusSuccess {
+			t.Fatalf("first job ended %s", rec.State)
+		}
+		bad := h.instanceOf(first)
+		h.group.mu.Lock()
+		h.group.unhealthy[bad] = true
+		h.group.mu.Unlock()
+		for id := recv(t, decreased, "the unhealthy instance to be removed"); id != bad; id = recv(t, decreased, "the unhealthy instance to be removed") {
+		}
+		for i := range 3 {
+			h.add(fmt.Sprintf("after-%d", i), "echo after-ok")
+		}
+		for id, rec := range h.waitAll() {
+			if rec.State != gitlabtest.StatusSuccess {
+				t.Errorf("job %d ended %s/%s, want success", id, rec.State, rec.FailureReason)
+			}
+			if id != first && h.instanceOf(id) == bad {
+				t.Errorf("job %d ran on unhealthy instance %s", id, bad)
+			}
+		}
+		h.checkInvariants()
+	})
+
+	t.Run("deletions that never succeed at shutdown are bounded and reported", func(t *testing.T) {
+		h := newFaultHarness(t, harnessOpts{seed: 10, setup: func(h *faultHarness) {
+			h.cfg.Runners[0].Autoscaler.ShutdownDeletionRetries = 2
+		}})
+		if rec := waitJob(t, h.srv, h.add("one", "echo one")); rec.State != gitlabtest.StatusSuccess {
+			t.Fatalf("job ended %s", rec.State)
+		}
+		h.group.setRate("decrease", 1)
+		err := h.stop()
+		if err == nil {
+			t.Error("Run returned nil although no instance could be deleted")
+		}
+		t.Logf("Run: %v", err)
+		h.group.mu.Lock()
+		atShutdown := h.group.atShutdown
+		h.group.mu.Unlock()
+		if atShutdown == 0 {
+			t.Error("the instance vanished by itself: the fault was not exercised")
+		}
+		// Clean up the instance processes the daemon had to leave.
+		cleanupLocal(t, h.dir)
+	})
+}
+
+// cleanupLocal deletes every instance left in a local provider directory.
+func cleanupLocal(t *testing.T, dir string) {
+	t.Helper()
+	g, err := local.New(local.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := g.Init(ctx, zap.NewNop(), provider.Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	_ = g.Update(ctx, func(id string, _ provider.State) { ids = append(ids, id) })
+	if _, err := g.Decrease(ctx, ids); err != nil {
+		t.Error(err)
+	}
+	_ = g.Shutdown(ctx)
 }

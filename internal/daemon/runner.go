@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -187,7 +186,7 @@ func (r *runner) readyUp(ctx context.Context, in taskscaler.UpInstance) error {
 	if err != nil {
 		return fmt.Errorf("connect for instance_ready_command: %w", err)
 	}
-	var out bytes.Buffer
+	var out lockedBuffer
 	err = c.Run(ctx, connector.RunOptions{Command: r.cfg.Autoscaler.InstanceReadyCommand, Stdout: &out, Stderr: &out})
 	if err != nil {
 		tail := strings.TrimSpace(lastBytes(out.String(), 512))
