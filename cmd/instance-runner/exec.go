@@ -9,6 +9,7 @@ import (
 
 	"github.com/fleetwright/taskscaler/internal/daemon"
 	"github.com/fleetwright/taskscaler/internal/execmode"
+	"github.com/fleetwright/taskscaler/internal/gitlab"
 )
 
 func cmdExec(args []string, stdout, stderr io.Writer) error {
@@ -19,6 +20,13 @@ func cmdExec(args []string, stdout, stderr io.Writer) error {
 	dir := fs.String("C", "", "run in this directory's git repository instead of the current one")
 	listen := fs.String("listen", "127.0.0.1:0", "address of the in-process GitLab and git server; instances must reach it")
 	logLevel := fs.String("log-level", "warn", "daemon log level on stderr: debug, info, warn, error")
+	var vars varFlags
+	fs.Func("env", "`KEY=VALUE`: a variable for every job, like a project CI/CD variable (repeatable)", func(s string) error {
+		return vars.add(s, false)
+	})
+	fs.Func("secret", "`KEY[=VALUE]`: a masked variable for every job; without =VALUE it is read from the environment (repeatable)", func(s string) error {
+		return vars.add(s, true)
+	})
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "Usage: instance-runner exec [--config F] [--file .gitlab-ci.yml] [JOB...]")
 		fmt.Fprintln(fs.Output(), "\nRuns the jobs of a local .gitlab-ci.yml stage by stage on autoscaled instances,")
@@ -37,6 +45,7 @@ func cmdExec(args []string, stdout, stderr io.Writer) error {
 	res, err := execmode.Run(ctx, execmode.Options{
 		Dir: *dir, File: *file, ConfigPath: *cfgPath, Jobs: fs.Args(), Listen: *listen,
 		Stdout: stdout, Stderr: stderr, Logger: log, Version: versionString(), Color: isTerminal(stdout),
+		Variables: vars,
 	})
 	if err != nil {
 		return err
@@ -44,6 +53,28 @@ func cmdExec(args []string, stdout, stderr io.Writer) error {
 	if !res.Success {
 		return exitError(1)
 	}
+	return nil
+}
+
+// varFlags collects --env and --secret.
+type varFlags []gitlab.Variable
+
+func (v *varFlags) add(s string, masked bool) error {
+	key, value, ok := strings.Cut(s, "=")
+	if key == "" || strings.ContainsAny(key, " \t$") {
+		return fmt.Errorf("want KEY=VALUE with a variable name, got %q", s)
+	}
+	if !ok {
+		if !masked {
+			return fmt.Errorf("want KEY=VALUE, got %q (use --secret KEY to read a value from the environment)", s)
+		}
+		env, set := os.LookupEnv(key)
+		if !set {
+			return fmt.Errorf("--secret %s: %s is not set in the environment", key, key)
+		}
+		value = env
+	}
+	*v = append(*v, gitlab.Variable{Key: key, Value: value, Public: !masked, Masked: masked})
 	return nil
 }
 

@@ -174,3 +174,34 @@ log_level = "warn"
 		t.Errorf(".runner_system_id mode %v, want 0600", st.Mode().Perm())
 	}
 }
+
+func TestVarFlags(t *testing.T) {
+	t.Setenv("EXEC_TEST_SECRET", "from-env")
+	var v varFlags
+	for _, tc := range []struct {
+		in     string
+		masked bool
+	}{{"A=1", false}, {"B=x=y", false}, {"S=s3cr3t", true}, {"EXEC_TEST_SECRET", true}} {
+		if err := v.add(tc.in, tc.masked); err != nil {
+			t.Fatalf("add(%q): %v", tc.in, err)
+		}
+	}
+	want := []string{"A=1 public", "B=x=y public", "S=s3cr3t masked", "EXEC_TEST_SECRET=from-env masked"}
+	for i, g := range v {
+		kind := "public"
+		if g.Masked {
+			kind = "masked"
+		}
+		if got := g.Key + "=" + g.Value + " " + kind; got != want[i] {
+			t.Errorf("variable %d = %s, want %s", i, got, want[i])
+		}
+	}
+	for _, bad := range []struct {
+		in     string
+		masked bool
+	}{{"NOVALUE", false}, {"=x", false}, {"A B=1", false}, {"EXEC_TEST_UNSET_VAR", true}} {
+		if err := v.add(bad.in, bad.masked); err == nil {
+			t.Errorf("add(%q) accepted", bad.in)
+		}
+	}
+}

@@ -75,6 +75,10 @@ type Options struct {
 	// terminal); false strips them. GitLab's section markers are always
 	// stripped.
 	Color bool
+	// Variables are added to every job after the file's variables, like a
+	// project's CI/CD variables (--env, --secret); masked ones never appear
+	// in the output.
+	Variables []gitlab.Variable
 	// ScalerOptions are passed to the daemon (tests).
 	ScalerOptions []taskscaler.Option
 }
@@ -263,7 +267,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			if repo != nil {
 				repo.Allow(token)
 			}
-			srv.AddJob(Payload(p, j, proj, id, token, nil))
+			srv.AddJob(Payload(p, j, proj, id, token, opts.Variables))
 			wg.Go(func() { results[i] = follow(ctx, srv, o, tracker, j, id, opts.TracePoll, opts.Color) })
 		}
 		wg.Wait()

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetwright/taskscaler/internal/gitlab"
 	"github.com/fleetwright/taskscaler/internal/pipeline"
 	"github.com/fleetwright/taskscaler/provider/local"
 )
@@ -313,5 +314,31 @@ func TestQuickstartPipeline(t *testing.T) {
 	}
 	if strings.Contains(stdout.String(), "glcbt-") {
 		t.Error("a job token appeared in the output")
+	}
+}
+
+func TestExecVariablesAndMaskedSecrets(t *testing.T) {
+	dir := newGitRepo(t, map[string]string{".gitlab-ci.yml": `
+show:
+  script:
+    - echo "env is $FROM_FLAG"
+    - echo "secret is $DEPLOY_KEY"
+`})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var stdout strings.Builder
+	res, err := Run(ctx, Options{Dir: dir, Stdout: &stdout, Variables: []gitlab.Variable{
+		{Key: "FROM_FLAG", Value: "flag-value", Public: true},
+		{Key: "DEPLOY_KEY", Value: "very-secret-deploy-key", Masked: true},
+	}})
+	if err != nil || !res.Success {
+		t.Fatalf("Run: %v, %+v\n%s", err, res, stdout.String())
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "[show] env is flag-value") || !strings.Contains(out, "[show] secret is [MASKED]") {
+		t.Errorf("variables not passed or not masked:\n%s", out)
+	}
+	if strings.Contains(out, "very-secret-deploy-key") {
+		t.Error("a masked value appeared in the output")
 	}
 }
