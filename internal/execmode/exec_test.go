@@ -342,3 +342,24 @@ show:
 		t.Error("a masked value appeared in the output")
 	}
 }
+
+func TestExecDetachedHead(t *testing.T) {
+	dir := newGitRepo(t, map[string]string{".gitlab-ci.yml": "show:\n  script:\n    - git rev-parse HEAD\n    - echo \"ref=$CI_COMMIT_REF_NAME\"\n"})
+	sha, err := git(context.Background(), dir, "rev-parse", "HEAD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := git(context.Background(), dir, "checkout", "-q", "--detach"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	var stdout strings.Builder
+	res, err := Run(ctx, Options{Dir: dir, Stdout: &stdout})
+	if err != nil || !res.Success {
+		t.Fatalf("Run: %v, success %v\n%s", err, res != nil && res.Success, stdout.String())
+	}
+	if !strings.Contains(stdout.String(), "[show] "+sha) || !strings.Contains(stdout.String(), "[show] ref="+sha) {
+		t.Errorf("job did not check out the detached HEAD %s:\n%s", sha, stdout.String())
+	}
+}
