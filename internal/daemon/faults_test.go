@@ -433,6 +433,7 @@ func (h *faultHarness) checkInvariants() {
 
 func TestFaults(t *testing.T) {
 	t.Run("provider errors on 30% of calls", func(t *testing.T) {
+		t.Parallel()
 		h := newFaultHarness(t, harnessOpts{seed: 1})
 		for _, op := range []string{"increase", "decrease", "update", "connect_info"} {
 			h.group.setRate(op, 0.3)
@@ -455,6 +456,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("GitLab 5xx and 429 storms", func(t *testing.T) {
+		t.Parallel()
 		h := newFaultHarness(t, harnessOpts{seed: 2, srv: gitlabtest.Options{AckTimeout: 2 * time.Second}})
 		h.srv.SetRandomFaults(&gitlabtest.RandomFaults{Seed: 7, LoseProbability: 0.2, Probability: map[gitlabtest.Endpoint]float64{
 			gitlabtest.EndpointRequest: 0.3, gitlabtest.EndpointUpdate: 0.3, gitlabtest.EndpointTrace: 0.3}})
@@ -492,6 +494,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("SSH connection dropped mid-job", func(t *testing.T) {
+		t.Parallel()
 		h := newFaultHarness(t, harnessOpts{seed: 3})
 		victim := h.add("dropped", "echo script-started", "sleep 30", "echo should-not-print")
 		h.waitTrace(victim, "script-started")
@@ -520,6 +523,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("instance vanishes before the script starts", func(t *testing.T) {
+		t.Parallel()
 		var h *faultHarness
 		var once sync.Once
 		h = newFaultHarness(t, harnessOpts{seed: 4, setup: func(h *faultHarness) {
@@ -551,6 +555,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("instance vanishes mid-job", func(t *testing.T) {
+		t.Parallel()
 		h := newFaultHarness(t, harnessOpts{seed: 5})
 		victim := h.add("vanished", "echo script-started", "sleep 30")
 		h.waitTrace(victim, "script-started")
@@ -574,6 +579,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("state directory cannot be written", func(t *testing.T) {
+		t.Parallel()
 		// Tests may run as root, which ignores permissions: make the
 		// directory unusable by putting a regular file where it must be.
 		var stateDir string
@@ -604,6 +610,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("state directory cannot be created at start", func(t *testing.T) {
+		t.Parallel()
 		blocker := filepath.Join(t.TempDir(), "file")
 		if err := os.WriteFile(blocker, nil, 0o600); err != nil {
 			t.Fatal(err)
@@ -619,6 +626,7 @@ func TestFaults(t *testing.T) {
 		}
 	})
 	t.Run("instance vanishes while idle", func(t *testing.T) {
+		t.Parallel()
 		h := newFaultHarness(t, harnessOpts{seed: 7, extraScaler: ""})
 		first := h.add("first", "echo first-ok")
 		if rec := waitJob(t, h.srv, first); rec.State != gitlabtest.StatusSuccess {
@@ -643,6 +651,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("instance_ready_command gates new instances", func(t *testing.T) {
+		t.Parallel()
 		gate := t.TempDir()
 		// The first two runs of the command fail (mkdir is atomic); a
 		// passing run leaves a marker in the instance's sandbox, and every
@@ -664,6 +673,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("failure_threshold heartbeat failures replace the instance", func(t *testing.T) {
+		t.Parallel()
 		decreased := make(chan string, 16)
 		h := newFaultHarness(t, harnessOpts{seed: 9,
 			// Provider heartbeats every 50 ms instead of 5 min; the
@@ -704,6 +714,7 @@ func TestFaults(t *testing.T) {
 	})
 
 	t.Run("deletions that never succeed at shutdown are bounded and reported", func(t *testing.T) {
+		t.Parallel()
 		h := newFaultHarness(t, harnessOpts{seed: 10, setup: func(h *faultHarness) {
 			h.cfg.Runners[0].Autoscaler.ShutdownDeletionRetries = 2
 		}})
