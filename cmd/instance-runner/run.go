@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -54,18 +55,19 @@ func cmdRun(args []string, stderr io.Writer) error {
 	log.Info("starting instance-runner", zap.String("version", versionString()), zap.String("config", *path),
 		zap.String("system_id", sysID), zap.Int("concurrent", cfg.Concurrent), zap.Int("runners", len(cfg.Runners)))
 
-	var d *daemon.Daemon
+	var running atomic.Pointer[daemon.Daemon] // read by the signal goroutine
 	ctx, stop := signalContext(daemon.ErrGracefulStop, func() {
-		if d != nil {
+		if d := running.Load(); d != nil {
 			log.Warn("second signal: interrupting running jobs now")
 			d.Abort()
 		}
 	})
 	defer stop()
-	d, err = daemon.New(ctx, cfg, daemon.Options{Logger: log, LogLevel: level, SystemID: sysID, Version: versionString()})
+	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log, LogLevel: level, SystemID: sysID, Version: versionString()})
 	if err != nil {
 		return err
 	}
+	running.Store(d)
 	// SIGHUP or a change of the file reloads the config (policies and
 	// the settings that are safe to change at once).
 	hup := make(chan os.Signal, 1)
