@@ -627,7 +627,12 @@ func TestFaults(t *testing.T) {
 	})
 	t.Run("instance vanishes while idle", func(t *testing.T) {
 		t.Parallel()
-		h := newFaultHarness(t, harnessOpts{seed: 7, extraScaler: ""})
+		// update_interval 1h: the provider listing will not notice the
+		// deletion; only the connectivity check before hand-out can.
+		h := newFaultHarness(t, harnessOpts{seed: 7, setup: func(h *faultHarness) {
+			h.cfg.Runners[0].Autoscaler.UpdateInterval = time.Hour
+			h.cfg.Runners[0].Autoscaler.Policy[0].IdleTime = time.Hour
+		}})
 		first := h.add("first", "echo first-ok")
 		if rec := waitJob(t, h.srv, first); rec.State != gitlabtest.StatusSuccess {
 			t.Fatalf("first job ended %s", rec.State)
@@ -636,15 +641,21 @@ func TestFaults(t *testing.T) {
 		if _, err := h.inner.Decrease(context.Background(), []string{gone}); err != nil {
 			t.Fatal(err)
 		}
-		// The instance is idle (idle_time 30s) and still in the
-		// taskscaler's table; the connectivity check before hand-out or
-		// the move to another instance keeps the next jobs from failing.
 		for i := range 3 {
 			h.add(fmt.Sprintf("next-%d", i), "echo next-ok")
 		}
 		for id, rec := range h.waitAll() {
 			if rec.State != gitlabtest.StatusSuccess {
 				t.Errorf("job %d ended %s/%s after an idle instance vanished, want success\n%s", id, rec.State, rec.FailureReason, tail(string(rec.Trace)))
+			}
+			if id == first {
+				continue
+			}
+			h.mu.Lock()
+			starts := h.starts[id]
+			h.mu.Unlock()
+			if on := h.instanceOf(id); on == gone || starts != 1 {
+				t.Errorf("job %d was handed the vanished instance (ran on %s, %d starts): the check before hand-out must catch it", id, on, starts)
 			}
 		}
 		h.checkInvariants()
