@@ -158,8 +158,9 @@ func takeOrphans(live *jobjournal.Journal, dir string, log *zap.Logger) (*jobjou
 	return orphans, nil
 }
 
-// recoveryBackOff paces retries of Recover while GitLab cannot be reached.
-func recoveryBackOff() backoff.BackOff {
+// recoveryBackOff paces retries of Recover while GitLab cannot be reached:
+// 2 s doubling up to 2 min (a variable for tests).
+var recoveryBackOff = func() backoff.BackOff {
 	return &backoff.ExponentialBackOff{InitialInterval: 2 * time.Second, RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: 2 * time.Minute}
 }
 
