@@ -391,4 +391,3 @@ func TestRestoredInstance(t *testing.T) {
 		})
 	}
 }
-
