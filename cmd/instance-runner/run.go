@@ -8,8 +8,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync/atomic"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 
