@@ -106,7 +106,8 @@ func waitJob(t *testing.T, srv *gitlabtest.Server, id int64) gitlabtest.JobRecor
 	defer cancel()
 	rec, err := srv.WaitJob(ctx, id)
 	if err != nil {
-		t.Fatalf("job %d: %v; record %+v", id, err, srv.Job(id))
+		r := srv.Job(id)
+		t.Fatalf("job %d (%s): %v; state %s, trace:\n%s", id, r.Name, err, r.State, tail(string(r.Trace)))
 	}
 	return rec
 }
@@ -222,7 +223,7 @@ func TestBrokenInstanceBeforeScriptIsRetriedOnAnother(t *testing.T) {
 	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: "glrt-fake", LongPoll: 200 * time.Millisecond})
 	defer srv.Close()
 	fr := newFakeRun()
-	fr.first = &jobexec.Result{State: gitlab.StateFailed, FailureReason: gitlab.RunnerSystemFailure, Err: errors.New("ssh: connection refused")}
+	fr.first = &jobexec.Result{State: gitlab.StateFailed, FailureReason: gitlab.RunnerSystemFailure, Err: errors.New("ssh: connection refused"), InstanceFailure: true}
 	close(fr.release)
 	_, stop := startDaemon(t, fakeConfig(t, srv.URL(), "", ""), Options{RunJob: fr.run, ScalerOptions: []taskscaler.Option{noHeartbeat()}})
 	rec := waitJob(t, srv, srv.AddJob(shellJob("retried", []string{"x"}, nil, 60)))
