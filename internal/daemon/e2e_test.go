@@ -21,6 +21,7 @@ import (
 
 func TestMain(m *testing.M) {
 	local.RunInstanceIfRequested()
+	runDaemonIfRequested() // crash_test.go: the daemon as a child process
 	os.Exit(m.Run())
 }
 
