@@ -288,6 +288,7 @@ func (d *Daemon) WatchConfig(ctx context.Context, path string, hup <-chan os.Sig
 		return fmt.Errorf("watch the directory of %s: %w", path, err)
 	}
 	last := fileHash(path)
+	d.log.Info("watching the config file: saving it or SIGHUP reloads it", zap.String("config", path))
 	debounce := time.NewTimer(time.Hour)
 	debounce.Stop()
 	defer debounce.Stop()

@@ -470,3 +470,53 @@ func TestPollerRequestConcurrencyChangesWhileRunning(t *testing.T) {
 		}
 	})
 }
+
+// Kubernetes mounts a ConfigMap as config.toml -> ..data/config.toml with
+// ..data a symlink to a timestamped directory, and updates it by renaming
+// a new ..data symlink over the old one: the file itself never changes.
+func TestWatchConfigFollowsConfigMapSymlinkSwap(t *testing.T) {
+	f := newReloadFixture(t)
+	dir := t.TempDir()
+	mount := func(name, src string) {
+		if err := os.MkdirAll(filepath.Join(dir, name), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "config.toml"), []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(name, filepath.Join(dir, "..data_tmp")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mount("..v1", f.src.String())
+	path := filepath.Join(dir, "config.toml")
+	if err := os.Symlink(filepath.Join("..data", "config.toml"), path); err != nil {
+		t.Fatal(err)
+	}
+	reloads := make(chan error, 8)
+	f.d.reload.onReload = func(_ ReloadReport, err error) { reloads <- err }
+	ctx, cancel := context.WithCancel(context.Background())
+	hup := make(chan os.Signal, 1)
+	watchDone := make(chan error, 1)
+	go func() { watchDone <- f.d.WatchConfig(ctx, path, hup) }()
+	defer func() {
+		cancel()
+		recv(t, watchDone, "WatchConfig to return")
+	}()
+	hup <- syscall.SIGHUP // the watcher runs
+	if err := recv(t, reloads, "SIGHUP reload"); err != nil {
+		t.Fatal(err)
+	}
+	next := f.src
+	next.idle = 3
+	mount("..v2", next.String())
+	if err := recv(t, reloads, "reload after the ConfigMap update"); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if got := f.d.Capacity()["fake"].IdleTarget; got != 3 {
+		t.Errorf("idle target %d after the ConfigMap update, want 3", got)
+	}
+}
