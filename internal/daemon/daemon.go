@@ -245,7 +245,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	<-ctx.Done()
 	graceful := errors.Is(context.Cause(ctx), ErrGracefulStop)
 	d.log.Info("shutting down: no new jobs will be requested", zap.Bool("graceful", graceful),
-		zap.Duration("shutdown_timeout", d.cfg.ShutdownTimeout))
+		zap.Duration("shutdown_timeout", d.shutdownTimeout()))
 	stopPolling()
 	polls.Wait()
 
@@ -258,7 +258,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	var deadline <-chan time.Time
 	if !graceful {
-		t := time.NewTimer(d.cfg.ShutdownTimeout)
+		t := time.NewTimer(d.shutdownTimeout())
 		defer t.Stop()
 		deadline = t.C
 	}

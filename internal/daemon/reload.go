@@ -91,7 +91,8 @@ func cloneConfig(cfg *config.Config) *config.Config {
 // config.Load) to the running daemon, as GitLab Runner does on SIGHUP or
 // a change of config.toml:
 //   - at once: [[runners.autoscaler.policy]] (taskscaler ConfigureSchedule),
-//     check_interval, concurrent, and per runner limit and
+//     check_interval, concurrent, shutdown_timeout (a shutdown already
+//     waiting keeps its deadline), and per runner limit and
 //     request_concurrency; log_level when Options.LogLevel is set;
 //   - every other changed key, and added or removed [[runners]] entries
 //     (matched by url and id, or url and name), are listed in
@@ -165,6 +166,10 @@ func (d *Daemon) Reload(cfg *config.Config) (ReloadReport, error) {
 		live.CheckInterval = next.CheckInterval
 		rep.Applied = append(rep.Applied, "check_interval")
 	}
+	if next.ShutdownTimeout != live.ShutdownTimeout {
+		live.ShutdownTimeout = next.ShutdownTimeout // read by Run through shutdownTimeout
+		rep.Applied = append(rep.Applied, "shutdown_timeout")
+	}
 	if next.Concurrent != live.Concurrent {
 		d.global.resize(max(next.Concurrent, 1))
 		live.Concurrent = next.Concurrent
@@ -180,7 +185,7 @@ func (d *Daemon) Reload(cfg *config.Config) (ReloadReport, error) {
 		}
 	}
 	rep.NeedsRestart = append(rep.NeedsRestart, diffKeys("", reflect.ValueOf(*live), reflect.ValueOf(*next),
-		"check_interval", "concurrent", "log_level", "runners")...)
+		"check_interval", "concurrent", "log_level", "shutdown_timeout", "runners")...)
 
 	// Per-runner settings.
 	for _, p := range pairs {
@@ -335,6 +340,16 @@ func fileHash(path string) string {
 		return ""
 	}
 	return fmt.Sprintf("%x", sha256.Sum256(b))
+}
+
+// shutdownTimeout returns shutdown_timeout as last reloaded.
+func (d *Daemon) shutdownTimeout() time.Duration {
+	d.reload.mu.Lock()
+	defer d.reload.mu.Unlock()
+	if d.reload.live != nil {
+		return d.reload.live.ShutdownTimeout
+	}
+	return d.cfg.ShutdownTimeout
 }
 
 // interval returns the current check_interval.

@@ -520,3 +520,28 @@ func TestWatchConfigFollowsConfigMapSymlinkSwap(t *testing.T) {
 		t.Errorf("idle target %d after the ConfigMap update, want 3", got)
 	}
 }
+
+func TestReloadedShutdownTimeoutAppliesToTheNextShutdown(t *testing.T) {
+	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: "glrt-fake", LongPoll: 200 * time.Millisecond})
+	defer srv.Close()
+	fr := newFakeRun() // never released: the job runs until interrupted
+	cfg := fakeConfig(t, srv.URL(), "", "")
+	cfg.ShutdownTimeout = time.Hour
+	d, stop := startDaemon(t, cfg, Options{RunJob: fr.run, ScalerOptions: []taskscaler.Option{noHeartbeat()}})
+	next := cloneConfig(cfg)
+	next.ShutdownTimeout = 100 * time.Millisecond
+	rep, err := d.Reload(next)
+	if err != nil || !slices.Contains(rep.Applied, "shutdown_timeout") {
+		t.Fatalf("Reload: %+v, %v; want shutdown_timeout applied", rep, err)
+	}
+	id := srv.AddJob(shellJob("stuck", []string{"x"}, nil, 60))
+	recv(t, fr.started, "job start")
+	// With the old 1 h the stop would not return within startDaemon's
+	// 60 s guard.
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if rec := waitJob(t, srv, id); rec.FailureReason != gitlab.RunnerInterrupted {
+		t.Errorf("job ended %s/%s, want failed/runner_interrupted after the reloaded shutdown_timeout", rec.State, rec.FailureReason)
+	}
+}
