@@ -455,14 +455,19 @@ func manyJobs(t *testing.T, seed uint64) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Hour)
 	defer cancel()
+	// Polling stops once every job is final on the server; a job in hand is
+	// still finished with ctx: its final PUT may have been applied with the
+	// answer lost, and the retry must be allowed to complete.
+	pollCtx, stopPolling := context.WithCancel(ctx)
+	defer stopPolling()
 	var mu sync.Mutex
 	expected := map[int64][]byte{}
 	seen := map[int64]bool{}
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
-			for ctx.Err() == nil {
-				job, err := c.RequestJob(ctx)
+			for pollCtx.Err() == nil {
+				job, err := c.RequestJob(pollCtx)
 				if err != nil || job == nil {
 					time.Sleep(time.Second)
 					continue
@@ -514,7 +519,7 @@ func manyJobs(t *testing.T, seed uint64) {
 			t.Errorf("job %d: %s %d", id, rec.FailureReason, rec.ExitCode)
 		}
 	}
-	cancel()
+	stopPolling()
 	wg.Wait()
 	for id := range want {
 		rec := srv.Job(id)
