@@ -134,7 +134,7 @@ func TestJobJournalKeepsDecidedOutcome(t *testing.T) {
 		}})
 	id := srv.AddJob(shellJob("j", []string{"x"}, nil, 60))
 	recv(t, fr.started, "job start")
-	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, JobID: id, Status: 503, Times: 1000})
+	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, JobID: id, Status: 503, Times: 100})
 	close(fr.release)
 	eventually(t, "the job to finish", func() bool { return finished.Load() == 1 })
 	if err := stop(); err != nil {
