@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -766,4 +767,65 @@ func cleanupLocal(t *testing.T, dir string) {
 		t.Error(err)
 	}
 	_ = g.Shutdown(ctx)
+}
+
+// TestReadyCommandGatesRestoredInstances restarts the daemon with state
+// storage: an instance adopted from the previous run must pass
+// instance_ready_command too before it gets a job.
+func TestReadyCommandGatesRestoredInstances(t *testing.T) {
+	h := newFaultHarness(t, harnessOpts{seed: 11, noStart: true,
+		extraScaler: "[runners.autoscaler.state_storage]\n      enabled = true",
+		setup: func(h *faultHarness) {
+			a := h.cfg.Runners[0].Autoscaler
+			a.DeleteInstancesOnShutdown = false // keep the instance for the next run
+			a.Policy[0].IdleTime = time.Hour
+		}})
+	t.Cleanup(func() { cleanupLocal(t, h.dir) })
+	opts := func(started chan<- string) Options {
+		return Options{
+			OnEvent: func(ev Event) {
+				if ev.Kind == EventStarted {
+					started <- ev.InstanceID
+				}
+			},
+			Trace: gitlab.TraceOptions{UpdateInterval: 100 * time.Millisecond, KeepAlive: time.Second},
+		}
+	}
+	// First run: one job marks its instance.
+	started := make(chan string, 4)
+	_, stop := startDaemon(t, h.cfg, opts(started))
+	first := h.srv.AddJob(shellJob("mark", []string{`touch "$TASKSCALER_LOCAL_SANDBOX/old-marker"`}, nil, 60))
+	old := recv(t, started, "first job start")
+	if rec := waitJob(t, h.srv, first); rec.State != gitlabtest.StatusSuccess {
+		t.Fatalf("first job ended %s", rec.State)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	if localInstances(h.dir) != 1 {
+		t.Fatalf("%d instances kept after the first run, want 1", localInstances(h.dir))
+	}
+	// Second run: the ready command refuses instances that carry the
+	// marker, so the restored one must not get the job.
+	cfg2 := *h.cfg
+	cfg2.Runners = slices.Clone(h.cfg.Runners)
+	a2 := *cfg2.Runners[0].Autoscaler
+	a2.InstanceReadyCommand = `test ! -f "$TASKSCALER_LOCAL_SANDBOX/old-marker"`
+	a2.DeleteInstancesOnShutdown = true
+	cfg2.Runners[0].Autoscaler = &a2
+	started2 := make(chan string, 4)
+	_, stop2 := startDaemon(t, &cfg2, opts(started2))
+	second := h.srv.AddJob(shellJob("fresh", []string{`test ! -f "$TASKSCALER_LOCAL_SANDBOX/old-marker"`}, nil, 60))
+	on := recv(t, started2, "second job start")
+	rec := waitJob(t, h.srv, second)
+	if rec.State != gitlabtest.StatusSuccess || on == old {
+		t.Errorf("second job ended %s on %s (restored instance %s): a restored instance that fails instance_ready_command must not get jobs\n%s",
+			rec.State, on, old, tail(string(rec.Trace)))
+	}
+	if err := stop2(); err != nil {
+		t.Errorf("second run: %v", err)
+	}
+	if n := localInstances(h.dir); n != 0 {
+		t.Errorf("%d instances left after the second run with delete_instances_on_shutdown", n)
+	}
 }
