@@ -93,7 +93,9 @@ type Runner struct {
 	// Name is the local name used in logs (`name`).
 	Name string `toml:"name"`
 	// URL is the GitLab instance URL (`url`), with $VAR / ${VAR} expanded
-	// from the environment; always http or https.
+	// from the environment; always http or https, without user name or
+	// password (the token authenticates), query or fragment, and with a
+	// port from 1 to 65535 if any.
 	URL string `toml:"url" cfg:"expand"`
 	// Token is the runner authentication token (`token`, usually glrt-…),
 	// with $VAR expanded. Secret: never log it.
@@ -107,8 +109,9 @@ type Runner struct {
 	// Executor is always "instance": jobs run on the autoscaled instance
 	// itself over SSH.
 	Executor string `toml:"executor"`
-	// Shell is the job shell: bash, sh, pwsh or powershell; empty means
-	// the executor's default for the instance's OS.
+	// Shell is the job shell: "bash", "sh" or empty. Job scripts always run
+	// with bash on the instance (jobexec runs bash for "sh" too), so other
+	// shells (pwsh, powershell, cmd) are an error at load.
 	Shell string `toml:"shell"`
 	// Limit caps this runner's concurrent jobs (`limit`); 0 = no limit.
 	Limit int `toml:"limit"`
@@ -118,8 +121,10 @@ type Runner struct {
 	// BuildsDir is where jobs check out sources on the instance (`builds_dir`);
 	// empty means the executor default.
 	BuildsDir string `toml:"builds_dir"`
-	// Environment holds extra job variables as KEY=VALUE (`environment`).
-	Environment []string `toml:"environment"`
+	// Environment holds extra job variables as KEY=VALUE (`environment`);
+	// each KEY is a shell variable name ([A-Za-z_][A-Za-z0-9_]*), checked at
+	// load. Values may be secrets: messages never show them.
+	Environment []string `toml:"environment" cfg:"secret"`
 	// PreBuildScript and PostBuildScript are shell run on the instance
 	// before and after the job script.
 	PreBuildScript  string `toml:"pre_build_script"`

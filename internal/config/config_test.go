@@ -371,7 +371,7 @@ shutdown_timeout = 45
     [runners.autoscaler.plugin_config]
       name = "asg"
       region = "eu-west-1"
-      nested = { a = [1, 2] }
+      profile = "ci"
     [runners.autoscaler.connector_config]
       os = "linux"
       arch = "arm64"
@@ -440,7 +440,7 @@ shutdown_timeout = 45
 		a.InstanceIsRunningTimeBuckets[1] != 2 || a.InstanceDeletionTimeBuckets[0] != 3 || a.InstanceReadinessTimeBuckets[1] != 6 {
 		t.Errorf("buckets: %+v", a)
 	}
-	if want := `{"name":"asg","nested":{"a":[1,2]},"region":"eu-west-1"}`; string(a.PluginConfigJSON) != want {
+	if want := `{"name":"asg","profile":"ci","region":"eu-west-1"}`; string(a.PluginConfigJSON) != want {
 		t.Errorf("plugin_config JSON = %s, want %s", a.PluginConfigJSON, want)
 	}
 	cc := a.ConnectorConfig

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/agnivade/levenshtein"
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -228,19 +227,12 @@ func (d *decoder) unknownKey(path []string, k string, fields map[string]fieldInf
 		cands = append(cands, n)
 	}
 	sort.Strings(cands)
-	best, bestD := "", math.MaxInt
-	lk := strings.ToLower(k)
-	for _, c := range cands {
-		dist := levenshtein.ComputeDistance(lk, strings.ToLower(c))
-		if dist < bestD {
-			best, bestD = c, dist
-		}
-	}
+	best := nearest(k, cands)
 	where := "here"
 	if len(path) > 1 {
 		where = "in [" + display(path[:len(path)-1]) + "]"
 	}
-	if best != "" && bestD < len(k) && (bestD <= 2 || bestD*3 <= len(k)) {
+	if best != "" {
 		d.keyErr(path, "unknown key; did you mean `%s`?", best)
 		// A misspelt required key must not also be reported as missing.
 		d.bad[canon(append(append([]string(nil), path[:len(path)-1]...), best))] = true
@@ -433,7 +425,7 @@ func (d *decoder) value(path []string, v any, fv reflect.Value, opts map[string]
 			case reflect.Float64:
 				want = "an array of numbers such as [1, 5, 30]"
 			}
-			d.valErr(path, "must be %s, got %s", want, got(v, false))
+			d.valErr(path, "must be %s, got %s", want, got(v, opts["secret"]))
 			return
 		}
 		out := reflect.MakeSlice(t, len(arr), len(arr))

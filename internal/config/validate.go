@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -46,10 +45,11 @@ var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month 
 var (
 	logLevels  = []string{"debug", "info", "warn", "warning", "error", "fatal", "panic"}
 	logFormats = []string{"runner", "text", "json"}
-	shells     = []string{"bash", "sh", "pwsh", "powershell"}
-	oses       = []string{"linux", "windows", "darwin"}
-	arches     = []string{"amd64", "arm64", "386", "arm"}
-	protocols  = []string{"ssh", "winrm", "winrm+https"}
+	// shells are the runner shells jobexec runs (both with bash).
+	shells    = []string{"bash", "sh"}
+	oses      = []string{"linux", "windows", "darwin"}
+	arches    = []string{"amd64", "arm64", "386", "arm"}
+	protocols = []string{"ssh", "winrm", "winrm+https"}
 )
 
 func oneOf(s string, set []string) bool {
@@ -119,6 +119,7 @@ func (d *decoder) validate(cfg *Config) {
 	}
 	cfg.Runners = kept
 	d.sharedGroups(cfg)
+	d.sharedLocalDirs(cfg)
 	if d.has(kp("runners")) && len(kept) == 0 && len(d.errs) == 0 {
 		d.warn(kp("runners"), "no runner has a token; instance-runner will take no jobs")
 	} else if !d.has(kp("runners")) {
@@ -137,12 +138,7 @@ func (d *decoder) runner(i int, r *Runner) bool {
 		d.warn(kp(base, "token"), "runner %q has no token; it is skipped (as GitLab Runner does). Set token = \"glrt-…\" or token = \"$RUNNER_TOKEN\"", r.Name)
 		return false
 	}
-	switch u, err := url.Parse(r.URL); {
-	case r.URL == "":
-		d.keyErr(kp(base, "url"), "runner %q has no url; set url = \"https://gitlab.example.com\"", r.Name)
-	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
-		d.valErr(kp(base, "url"), "must be an absolute http or https URL such as \"https://gitlab.example.com\"")
-	}
+	d.url(base, r)
 	switch r.Executor {
 	case "instance":
 	case "":
@@ -153,7 +149,12 @@ func (d *decoder) runner(i int, r *Runner) bool {
 		d.valErr(kp(base, "executor"), "%q is not supported; instance-runner only runs the instance executor: set executor = \"instance\"", r.Executor)
 	}
 	if r.Shell != "" && !oneOf(r.Shell, shells) {
-		d.valErr(kp(base, "shell"), "%q is not a supported shell; use one of %s", r.Shell, quoted(shells))
+		why := ""
+		switch strings.ToLower(r.Shell) {
+		case "pwsh", "powershell", "cmd":
+			why = " (Windows shells are not supported)"
+		}
+		d.valErr(kp(base, "shell"), "%q is not supported%s: instance-runner runs job scripts with bash on the instance (shell = \"sh\" runs bash too); set shell = \"bash\" or remove the key, and make sure the instances have bash", r.Shell, why)
 	}
 	d.nonNeg(kp(base, "limit"), r.Limit, "jobs (0 = no limit)")
 	d.nonNeg(kp(base, "request_concurrency"), r.RequestConcurrency, "requests")
@@ -164,11 +165,7 @@ func (d *decoder) runner(i int, r *Runner) bool {
 	if r.OutputLimit == 0 {
 		r.OutputLimit = DefaultOutputLimit
 	}
-	for j, e := range r.Environment {
-		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
-			d.valErr(kp(base, "environment", j), "%q is not KEY=VALUE", e)
-		}
-	}
+	d.environment(base, r.Environment)
 	if r.Autoscaler == nil && !d.has(kp(base, "autoscaler")) {
 		d.keyErr(kp(base, "autoscaler"), "runner %q has no [runners.autoscaler] table; the instance executor needs one with at least plugin = \"aws\" (or \"local\")", r.Name)
 	} else if r.Autoscaler != nil {
@@ -273,6 +270,7 @@ func (d *decoder) autoscaler(base []string, r *Runner) {
 		d.valErr(kp(base, "plugin_config"), "cannot be encoded as JSON for the provider: %v", err)
 	}
 	a.PluginConfigJSON = js
+	d.pluginConfig(kp(base, "plugin_config"), a)
 	if a.Provider == "local" {
 		d.localMaxSize(base, a)
 	}
@@ -316,8 +314,7 @@ func (d *decoder) localMaxSize(base []string, a *Autoscaler) {
 	}
 	n, ok := v.(int64)
 	if !ok || n < 0 {
-		d.valErr(kp(base, "plugin_config", "max_size"), "must be an integer ≥ 0 instances, got %s", got(v, false))
-		return
+		return // reported by pluginConfig
 	}
 	if n > 0 && (a.MaxInstances == 0 || int64(a.MaxInstances) > n) {
 		mi := strconv.Itoa(a.MaxInstances)
