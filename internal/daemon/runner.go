@@ -203,17 +203,24 @@ func lastBytes(s string, n int) string {
 	return s[len(s)-n:]
 }
 
-// heartbeat checks that an instance still answers over SSH.
+// heartbeat checks that an instance still answers over SSH. A failure
+// only counts toward failure_threshold (the taskscaler decides when the
+// instance is unhealthy): it never closes the instance's pooled
+// connections, which running jobs share (a dead connection is noticed by
+// the connector's keepalives and redialed on next use), and it keeps the
+// pinned host key. A check whose context was cancelled rather than timed
+// out (the taskscaler is shutting down) says nothing about the instance
+// and reports no failure.
 func (r *runner) heartbeat(ctx context.Context, info provider.ConnectInfo) error {
 	c, err := r.pool.Get(ctx, info)
-	if err != nil {
-		return err
+	if err == nil {
+		err = c.Run(ctx, connector.RunOptions{Command: "exit 0"})
 	}
-	if err := c.Run(ctx, connector.RunOptions{Command: "exit 0"}); err != nil {
-		r.pool.Forget(info.ID)
-		return err
+	if err != nil && errors.Is(ctx.Err(), context.Canceled) {
+		r.log.Debug("heartbeat interrupted by shutdown; not counted", zap.String("instance_id", info.ID), zap.Error(err))
+		return nil
 	}
-	return nil
+	return err
 }
 
 func (r *runner) markRunning(id int64) bool {
@@ -328,12 +335,14 @@ func (r *runner) runOnSlot(ctx context.Context, received time.Time, key string, 
 		r.d.emit(Event{Kind: EventStarted, Runner: r.name, JobID: job.ID, JobName: job.JobInfo.Name, Stage: job.JobInfo.Stage, InstanceID: instanceID, Slot: slot})
 		jlog.Info("job running on slot")
 		res = r.execute(ctx, received, job, acq, trace, jlog)
-		if attempt > 1 || res.ScriptStarted || res.FailureReason != gitlab.RunnerSystemFailure || ctx.Err() != nil {
+		if attempt > 1 || !retryOnAnother(res) || ctx.Err() != nil {
 			return res, instanceID, slot, true
 		}
 		fmt.Fprintf(trace, "WARNING: instance %s failed before the job script started (%v); retrying once on another instance\n", instanceID, res.Err)
 		jlog.Warn("instance failed before the script started; replacing it for this job", zap.Error(res.Err))
-		r.pool.Forget(instanceID)
+		// No pool.Forget/Reconnect here: other jobs may be running over
+		// the same connection; a dead one is replaced on next use, and a
+		// deleted instance is forgotten when the taskscaler removes it.
 		actx, acancel := context.WithTimeout(ctx, a.InstanceAcquireTimeout)
 		next, err := r.ts.Replace(actx, key)
 		acancel()
@@ -373,7 +382,7 @@ func (r *runner) execute(ctx context.Context, received time.Time, job *gitlab.Jo
 // runSSH is the default RunFunc: jobexec over a pooled SSH connection.
 func (r *runner) runSSH(ctx context.Context, in JobInput) jobexec.Result {
 	fail := func(err error) jobexec.Result {
-		return jobexec.Result{State: gitlab.StateFailed, FailureReason: gitlab.RunnerSystemFailure, Err: err}
+		return jobexec.Result{State: gitlab.StateFailed, FailureReason: gitlab.RunnerSystemFailure, Err: err, InstanceFailure: true}
 	}
 	info, err := in.Acquisition.InstanceConnectInfo(ctx)
 	if err != nil {

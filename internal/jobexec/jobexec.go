@@ -134,6 +134,13 @@ type Result struct {
 	ScriptStarted bool
 	// Err is the internal cause of a failure, for logs; nil on success.
 	Err error
+	// InstanceFailure is set when the failure came from the instance or
+	// the connection to it (a command runner error that is not an exit
+	// status, such as a lost SSH connection, or bash/git missing on the
+	// instance, exit code 127 before the script), not from the job's
+	// payload or settings (a bad GIT_STRATEGY, an unsupported step). Only
+	// such failures are worth retrying on another instance.
+	InstanceFailure bool
 }
 
 var (
@@ -384,13 +391,13 @@ func (e *execution) outcome(ctx context.Context, cause error, err error, res Res
 		res.State, res.FailureReason, res.ExitCode, res.Err = gitlab.StateFailed, gitlab.ScriptFailure, code, err
 		if !res.ScriptStarted && code == 127 {
 			// bash or git missing on the instance.
-			res.FailureReason = gitlab.RunnerSystemFailure
+			res.FailureReason, res.InstanceFailure = gitlab.RunnerSystemFailure, true
 			return res, red("ERROR: Job failed (system failure): a command needed to fetch the sources was not found on instance %s (exit code 127); install bash and git there", e.opts.InstanceID)
 		}
 		return res, red("ERROR: Job failed: exit code %d", code)
 	}
 	e.log.Warn("job failed: runner error", zap.Error(err))
-	res.State, res.FailureReason, res.Err = gitlab.StateFailed, gitlab.RunnerSystemFailure, err
+	res.State, res.FailureReason, res.Err, res.InstanceFailure = gitlab.StateFailed, gitlab.RunnerSystemFailure, err, true
 	return res, red("ERROR: Job failed (system failure): lost the connection to instance %s: %v", e.opts.InstanceID, err)
 }
 

@@ -97,7 +97,7 @@ func TestRunScriptFailureExitCode(t *testing.T) {
 		o.PostBuildScript = "echo post-build-ran"
 	})
 	out := tr.String()
-	if res.State != gitlab.StateFailed || res.FailureReason != gitlab.ScriptFailure || res.ExitCode != 3 {
+	if res.State != gitlab.StateFailed || res.FailureReason != gitlab.ScriptFailure || res.ExitCode != 3 || res.InstanceFailure {
 		t.Fatalf("result = %+v, want failed/script_failure/3; trace:\n%s", res, out)
 	}
 	if res.Canceled {
@@ -395,6 +395,9 @@ func TestRunBadPayload(t *testing.T) {
 			if res.State != gitlab.StateFailed || res.FailureReason != gitlab.RunnerSystemFailure || res.Err == nil || res.ScriptStarted {
 				t.Errorf("result = %+v, want failed/runner_system_failure before the script", res)
 			}
+			if res.InstanceFailure {
+				t.Errorf("a bad payload is reported as an instance failure (the daemon would move the job and disturb the instance): %+v", res)
+			}
 			if ran {
 				t.Error("a command ran for a bad payload")
 			}
@@ -437,6 +440,9 @@ func TestRunRunnerErrorIsSystemFailure(t *testing.T) {
 			})
 			if res.State != gitlab.StateFailed || res.FailureReason != gitlab.RunnerSystemFailure || !errors.Is(res.Err, lost) || res.ScriptStarted != tc.scriptStarted || res.Canceled {
 				t.Errorf("result = %+v", res)
+			}
+			if !res.InstanceFailure {
+				t.Errorf("a lost connection is not reported as an instance failure: %+v", res)
 			}
 			if !strings.Contains(tr.String(), "lost the connection to instance i-gone") {
 				t.Errorf("trace lacks the reason:\n%s", tr)
@@ -519,7 +525,7 @@ func TestRunGitMissingIsSystemFailure(t *testing.T) {
 	res, tr := runJob(t, context.Background(), t.TempDir(), job, func(o *jobexec.Options) {
 		o.Environment = []string{"PATH=/nonexistent"}
 	})
-	if res.FailureReason != gitlab.RunnerSystemFailure || res.ExitCode != 127 || res.ScriptStarted {
+	if res.FailureReason != gitlab.RunnerSystemFailure || res.ExitCode != 127 || res.ScriptStarted || !res.InstanceFailure {
 		t.Fatalf("result = %+v, want runner_system_failure with exit code 127; trace:\n%s", res, tr)
 	}
 	if !strings.Contains(tr.String(), "install bash and git") {
