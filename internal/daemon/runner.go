@@ -43,10 +43,31 @@ type runner struct {
 
 // infoGroup remembers what Init returned, to explain a max_instances that
 // does not fit the provider with the config file's position.
+//
+// It also holds back Update until the runner's policies are configured
+// (open called): the instances found by the first Update, adopted from
+// state storage, must not meet the default policy (idle_time 0), which
+// would remove them before [[runners.autoscaler.policy]] applies. The
+// taskscaler creates nothing before its first Update.
 type infoGroup struct {
 	provider.InstanceGroup
 	mu   sync.Mutex
 	info *provider.Info
+
+	gate     chan struct{} // closed by open
+	openOnce sync.Once
+}
+
+// open lets Update through.
+func (g *infoGroup) open() { g.openOnce.Do(func() { close(g.gate) }) }
+
+func (g *infoGroup) Update(ctx context.Context, fn func(id string, state provider.State)) error {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	return g.InstanceGroup.Update(ctx, fn)
 }
 
 func (g *infoGroup) Init(ctx context.Context, log *zap.Logger, s provider.Settings) (provider.Info, error) {
@@ -79,7 +100,8 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 	if err != nil {
 		return nil, fmt.Errorf("runner %s: %w", r.name, err)
 	}
-	ig := &infoGroup{InstanceGroup: g}
+	ig := &infoGroup{InstanceGroup: g, gate: make(chan struct{})}
+	defer ig.open() // on every path; after ConfigureSchedule on success
 	opts := r.scalerOptions()
 	stateOpts, err := r.openState()
 	if err != nil {
@@ -99,9 +121,11 @@ func (d *Daemon) newRunner(ctx context.Context, rc *config.Runner) (*runner, err
 		return nil, fmt.Errorf("runner %s: start taskscaler: %w", r.name, err)
 	}
 	if err := r.ts.ConfigureSchedule(Schedules(a.Policy)...); err != nil {
+		ig.open()
 		_ = r.ts.Shutdown(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("runner %s: [[runners.autoscaler.policy]]: %w", r.name, err)
 	}
+	ig.open()
 	r.api, err = gitlab.New(gitlab.Config{
 		URL:        rc.URL,
 		Token:      rc.Token,
