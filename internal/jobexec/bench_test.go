@@ -93,7 +93,7 @@ func BenchmarkScriptGeneration(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		size = len(p.stageScript("running", src)) + len(p.stageScript("running", p.scriptBody("", ""))) + len(p.stageScript("success", p.afterScriptBody()))
+		size = len(p.stageScript("running", src).text) + len(p.stageScript("running", p.scriptBody("", "")).text) + len(p.stageScript("success", p.afterScriptBody()).text)
 	}
 	b.ReportMetric(float64(size), "script-bytes")
 }

@@ -34,12 +34,22 @@ func localRunner(home string) jobexec.Runner {
 		cmd := exec.Command("/bin/sh", "-c", command)
 		cmd.Dir = home
 		cmd.Env = append(os.Environ(), "HOME="+home)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+		cmd.Stdout, cmd.Stderr = stdout, stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		cmd.WaitDelay = 5 * time.Second
+		// Like an SSH session: stdin is copied by a goroutine that Wait
+		// does not wait for (jobexec keeps it open while the stage runs).
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return err
+		}
 		if err := cmd.Start(); err != nil {
 			return err
 		}
+		go func() {
+			_, _ = io.Copy(in, stdin)
+			in.Close()
+		}()
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		convert := func(err error) error {

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +31,14 @@ import (
 // its status was lost (connection broken, instance gone). When ctx ends,
 // Runner signals the command (SIGTERM, later SIGKILL), returns soon, and
 // its error wraps context.Cause(ctx).
+//
+// Runner must return when the command exits even though stdin has not
+// reached EOF: for a stage, jobexec keeps stdin open after the script until
+// ctx ends or Runner returns, and the stage wrapper on the instance stops
+// the stage's processes at that EOF (so cancel and timeout work even where
+// the SSH server ignores "signal" requests). An *ssh.Session with
+// StdinPipe, as the connector's, behaves so; an *exec.Cmd with a non-file
+// Stdin does not (use StdinPipe).
 type Runner func(ctx context.Context, command string, stdin io.Reader, stdout, stderr io.Writer) error
 
 // RunnerInfo names the runner in the trace header and CI_RUNNER_*
@@ -273,11 +280,12 @@ func (e *execution) section(kind, name, header string) {
 	e.printf("section_end:%d:%s\r\x1b[0K", e.now().Unix(), name)
 }
 
-// stage runs one stage script and returns the Runner's error.
-func (e *execution) stage(ctx context.Context, name, header, script string) error {
+// stage runs one stage script and returns the Runner's error; when ctx
+// ended, it makes sure nothing of the stage is left (e.reap).
+func (e *execution) stage(ctx context.Context, name, header string, script stage) error {
 	e.section("start", name, header)
 	start := e.now()
-	err := e.opts.Run(ctx, BootstrapCommand, strings.NewReader(script), e.trace, e.trace)
+	err := e.runStage(ctx, name, script)
 	e.section("end", name, "")
 	e.log.Debug("stage finished", zap.String("stage", name), zap.Duration("duration", e.now().Sub(start)), zap.Error(err))
 	return err

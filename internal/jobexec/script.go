@@ -1,6 +1,8 @@
 package jobexec
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"net/url"
 	"path"
@@ -25,15 +27,15 @@ const (
 // the login shell of the SSH user). It needs bash on the instance and reads
 // the stage script from standard input, so that no variable value shows in
 // the process list. The first line of the input is read by bash itself and
-// slurps the rest, so commands of the job never read the script as their
-// input.
+// slurps the rest up to an end line (with `sed`), so commands of the job
+// never read the script as their input. The input stays open after the
+// script while the stage runs: its EOF tells the stage wrapper to stop the
+// stage (see Runner).
 //
 // bash runs as a login shell, as GitLab Runner's, so that /etc/profile and
 // ~/.bash_profile set up the instance's tools; directories of the SSH
 // session's PATH that the profile dropped are appended again.
 const BootstrapCommand = `if command -v bash >/dev/null 2>&1; then export __IR_SESSION_PATH="$PATH"; exec bash --login -s; fi; echo "ERROR: bash is not installed on this instance; instance-runner needs bash (3.2 or later) in PATH" >&2; exit 127`
-
-const bootstrapLine = `__ir_s=$(cat); eval "$__ir_s"` + "\n"
 
 // keepSessionPath appends the directories of the session's PATH that the
 // login profile removed (Debian's /etc/profile resets PATH).
@@ -61,6 +63,7 @@ type plan struct {
 	buildsDir   word // CI_BUILDS_DIR
 	projectRel  string
 	prelude     string // exports and file variables, before CI_JOB_STATUS
+	dirs        string // exports of CI_BUILDS_DIR and CI_PROJECT_DIR only
 	warnings    []string
 	vars        map[string]string // final literal values, for runner-side switches
 	script      *gitlab.Step
@@ -191,7 +194,9 @@ func (p *plan) buildVariables(o *Options) {
 	p.buildsDir.render(&b)
 	b.WriteString("\nexport CI_PROJECT_DIR=\"${CI_BUILDS_DIR}\"")
 	b.WriteString(shellQuote("/" + strconv.Itoa(o.Slot) + "/" + p.projectRel))
-	fmt.Fprintf(&b, "\nexport CI_CONCURRENT_ID=%d CI_CONCURRENT_PROJECT_ID=%d\n", o.Slot, o.Slot)
+	b.WriteString("\n")
+	p.dirs = b.String()[len("set +o noclobber\n"):]
+	fmt.Fprintf(&b, "export CI_CONCURRENT_ID=%d CI_CONCURRENT_PROJECT_ID=%d\n", o.Slot, o.Slot)
 	b.WriteString("__ir_tmp=\"${CI_PROJECT_DIR}.tmp\"\n")
 	b.WriteString("rm -rf \"$__ir_tmp\" && mkdir -p \"$__ir_tmp\" && chmod 0700 \"$__ir_tmp\"\n")
 
@@ -251,18 +256,54 @@ func (p *plan) buildVariables(o *Options) {
 	p.prelude = b.String()
 }
 
+// stage is one generated stage script and the token that tells its stage
+// file apart from those of other stages.
+type stage struct {
+	text  string // the script, sent as the stage command's standard input
+	token string // random, in the stage file and the end-of-script line
+	reap  string // reapScript(token)
+}
+
+// stageFileSuffix names the stage file next to the project directory
+// ("<CI_PROJECT_DIR>.stage"): "<token> <process group id>" of the running
+// stage's body, so that a separate session can stop the body's processes
+// when the stage's own session cannot (see reapScript).
+const stageFileSuffix = ".stage"
+
+// stopGrace is how long the stage wrapper and the reap script wait after
+// SIGTERM before they send SIGKILL to the stage's process group.
+const stopGrace = 10 * time.Second
+
+// newToken returns 16 random hex digits.
+func newToken() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(b[:])
+}
+
 // stageScript wraps body (bash run with `set -eo pipefail` in its own
-// process group) with the variables; the wrapper forwards SIGTERM/SIGINT/
-// SIGHUP to the whole group (SIGKILL 10 s later, from a helper in a group
-// of its own so that a SIGKILL of the session's group spares it) so that
-// cancelling a job stops every process it started, and removes the file
-// variables at the end. The wrapper's own stderr goes to /dev/null once
-// the body runs, so bash's job notices ("[1]+ Terminated …") stay out of
-// the trace.
-func (p *plan) stageScript(jobStatus string, body string) string {
+// process group) with the variables. The wrapper:
+//   - writes "<token> <pgid>" of the body to the stage file;
+//   - forwards SIGTERM/SIGINT/SIGHUP to the whole group (SIGKILL
+//     stopGrace later, from a helper in a group of its own so that a
+//     SIGKILL of the session's group spares it), then waits until no
+//     process of the group is left;
+//   - runs a watchdog (in a group of its own) that reads the session's
+//     standard input, which jobexec keeps open while the stage runs: EOF
+//     (the stage's context ended, Runner returned, or the SSH session or
+//     connection closed) stops the wrapper as SIGTERM does. So cancel,
+//     timeout and a lost connection stop the job's processes even when the
+//     SSH server refuses "signal" requests (OpenSSH does for root logins
+//     without privilege separation);
+//   - removes the file variables at the end.
+//
+// The wrapper's own stderr goes to /dev/null once the body runs, so bash's
+// job notices ("[1]+ Terminated …") stay out of the trace.
+func (p *plan) stageScript(jobStatus string, body string) stage {
+	token := newToken()
 	var b strings.Builder
-	b.Grow(len(p.prelude) + len(body) + 1024)
-	b.WriteString(bootstrapLine)
+	b.Grow(len(p.prelude) + len(body) + 2048)
+	writeBootstrap(&b, token)
 	b.WriteString("# stage script generated by instance-runner\n")
 	b.WriteString(keepSessionPath)
 	b.WriteString(p.prelude)
@@ -271,26 +312,81 @@ func (p *plan) stageScript(jobStatus string, body string) string {
 	b.WriteString(body)
 	b.WriteString("\n}\n")
 	b.WriteString(`__ir_pid= __ir_stopping=
+__ir_sf="${CI_PROJECT_DIR}` + stageFileSuffix + `"
 __ir_stop() {
   trap - TERM INT HUP
   __ir_stopping=1
   [ -n "$__ir_pid" ] || return 0
   kill -TERM -- -"$__ir_pid" 2>/dev/null
-  ( sleep 10; kill -KILL -- -"$__ir_pid" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+  ( sleep ` + strconv.Itoa(int(stopGrace/time.Second)) + `; kill -KILL -- -"$__ir_pid" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
 }
 trap __ir_stop TERM INT HUP
 set -m
 __ir_main </dev/null &
 __ir_pid=$!
+printf '%s %s\n' ` + token + ` "$__ir_pid" >"$__ir_sf" 2>/dev/null
+( trap - TERM INT HUP; while IFS= read -r __ir_l; do :; done; kill -TERM $$ ) >/dev/null 2>&1 &
+__ir_wd=$!
 exec 2>/dev/null
 if [ -n "$__ir_stopping" ]; then __ir_stop; fi
 while :; do
   wait "$__ir_pid"; __ir_rc=$?
   kill -0 "$__ir_pid" 2>/dev/null || break
 done
+kill -KILL "$__ir_wd" 2>/dev/null
+if [ -n "$__ir_stopping" ]; then
+  while kill -0 -- -"$__ir_pid" 2>/dev/null; do sleep 0.2; done
+fi
+kill -0 -- -"$__ir_pid" 2>/dev/null || rm -f "$__ir_sf"
 rm -rf "$__ir_tmp"
 exit "$__ir_rc"
 `)
+	writeScriptEnd(&b, token)
+	return stage{text: b.String(), token: token, reap: p.reapScript(token)}
+}
+
+// writeBootstrap writes the first line of a script sent to
+// BootstrapCommand: bash reads it from standard input and then slurps the
+// rest of the script up to the end line of token (standard input stays
+// open after it; see stageScript).
+func writeBootstrap(b *strings.Builder, token string) {
+	b.WriteString(`__ir_s=$(sed -n '/^#__ir_end_` + token + `$/q;p'); eval "$__ir_s"` + "\n")
+}
+
+// writeScriptEnd writes the end line that writeBootstrap waits for.
+func writeScriptEnd(b *strings.Builder, token string) {
+	b.WriteString("\n#__ir_end_" + token + "\n")
+}
+
+// reapScript stops what is left of the stage with the given token (its
+// process group as written to the stage file): SIGTERM, SIGKILL after
+// stopGrace, and waits until the group is empty. It runs in a separate
+// session after a stage was cancelled, timed out or aborted, so that
+// nothing of the stage survives into after_script or the next job on the
+// slot whatever the stage's own session did with its signals. Exit status
+// 0: nothing is left; 1: processes of the group still exist (stuck in the
+// kernel) after stopGrace plus 5 s.
+func (p *plan) reapScript(token string) string {
+	var b strings.Builder
+	writeBootstrap(&b, token)
+	b.WriteString(p.dirs)
+	ticks := int(stopGrace / (200 * time.Millisecond))
+	fmt.Fprintf(&b, `__ir_sf="${CI_PROJECT_DIR}%s"
+read -r __ir_t __ir_g <"$__ir_sf" 2>/dev/null || exit 0
+[ "$__ir_t" = %s ] || exit 0
+case "$__ir_g" in ''|*[!0-9]*) exit 0 ;; esac
+[ "$__ir_g" -gt 1 ] || exit 0
+kill -TERM -- -"$__ir_g" 2>/dev/null
+__ir_n=0
+while kill -0 -- -"$__ir_g" 2>/dev/null; do
+  [ "$__ir_n" -ge %d ] && kill -KILL -- -"$__ir_g" 2>/dev/null
+  [ "$__ir_n" -ge %d ] && exit 1
+  sleep 0.2; __ir_n=$((__ir_n+1))
+done
+rm -f "$__ir_sf"
+exit 0
+`, stageFileSuffix, token, ticks, ticks+25)
+	writeScriptEnd(&b, token)
 	return b.String()
 }
 
