@@ -195,8 +195,12 @@ func TestCrashRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts daemon and instance processes")
 	}
-	t.Run("keep_instance_with_acquisitions=true", func(t *testing.T) { testCrashRestart(t, true) })
-	t.Run("keep_instance_with_acquisitions=false", func(t *testing.T) { testCrashRestart(t, false) })
+	for _, keep := range []bool{true, false} {
+		t.Run(fmt.Sprintf("keep_instance_with_acquisitions=%t", keep), func(t *testing.T) {
+			t.Parallel() // separate servers, directories and processes
+			testCrashRestart(t, keep)
+		})
+	}
 }
 
 func testCrashRestart(t *testing.T, keep bool) {
