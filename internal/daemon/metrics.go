@@ -44,7 +44,7 @@ func newMetrics(d *Daemon) *metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "instance_runner_job_requests_total",
 			Help: "Job requests by outcome: job, empty, error, no_capacity (not sent: no free slot)."}, []string{"runner", "outcome"}),
 	}
-	m.reg.MustRegister(m.jobs, m.duration, m.requests, capacityCollector{d},
+	m.reg.MustRegister(m.jobs, m.duration, m.requests, capacityCollector{d}, reloadCollector{d},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

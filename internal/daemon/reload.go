@@ -11,9 +11,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/fleetwright/taskscaler/internal/config"
@@ -45,6 +47,33 @@ type reloadState struct {
 	live *config.Config // the running config: start-up config plus applied changes
 	// onReload, when set (tests), is called after every ReloadFile.
 	onReload func(ReloadReport, error)
+	// Counters for /metrics (reloadCollector).
+	applied, invalid, refused atomic.Int64
+	lastSuccess               atomic.Int64 // Unix seconds
+}
+
+var (
+	reloadsDesc = prometheus.NewDesc("instance_runner_config_reloads_total",
+		"Config reloads (SIGHUP or a change of config.toml) by result: applied; invalid (the file did not load, the running config stays); refused (a runner's policies were refused, nothing changed).",
+		[]string{"result"}, nil)
+	lastReloadDesc = prometheus.NewDesc("instance_runner_config_last_reload_success_timestamp_seconds",
+		"Unix time of the last successful config reload, in seconds; 0 before the first.", nil, nil)
+)
+
+// reloadCollector exports the reload counters.
+type reloadCollector struct{ d *Daemon }
+
+func (c reloadCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- reloadsDesc
+	ch <- lastReloadDesc
+}
+
+func (c reloadCollector) Collect(ch chan<- prometheus.Metric) {
+	st := &c.d.reload
+	for result, v := range map[string]int64{"applied": st.applied.Load(), "invalid": st.invalid.Load(), "refused": st.refused.Load()} {
+		ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(v), result)
+	}
+	ch <- prometheus.MustNewConstMetric(lastReloadDesc, prometheus.GaugeValue, float64(st.lastSuccess.Load()))
 }
 
 // NewReloadableLogger is NewLogger whose level can be changed later through
@@ -231,6 +260,7 @@ func diffKeys(prefix string, a, b reflect.Value, skip ...string) []string {
 // invalid file is logged with every problem (file:line:col: key: message)
 // and returned as the error; the running config stays in effect. Applied
 // keys are logged at info level, keys needing a restart at warn level.
+// Every call is counted in instance_runner_config_reloads_total{result}.
 func (d *Daemon) ReloadFile(path string) (ReloadReport, error) {
 	rep, err := d.reloadFile(path)
 	if f := d.reload.onReload; f != nil {
@@ -251,6 +281,7 @@ func (d *Daemon) reloadFile(path string) (ReloadReport, error) {
 		} else {
 			problems = []string{err.Error()}
 		}
+		d.reload.invalid.Add(1)
 		d.log.Error("config reload failed: the new config is invalid; keeping the running config",
 			zap.String("config", path), zap.Strings("problems", problems))
 		return ReloadReport{}, err
@@ -260,9 +291,12 @@ func (d *Daemon) reloadFile(path string) (ReloadReport, error) {
 	}
 	rep, err := d.Reload(cfg)
 	if err != nil {
+		d.reload.refused.Add(1)
 		d.log.Error("config reload failed; keeping the running config", zap.String("config", path), zap.Error(err))
 		return rep, err
 	}
+	d.reload.applied.Add(1)
+	d.reload.lastSuccess.Store(time.Now().Unix())
 	if !rep.Changed() {
 		d.log.Info("config reloaded: nothing changed", zap.String("config", path))
 		return rep, nil

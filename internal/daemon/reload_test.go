@@ -545,3 +545,49 @@ func TestReloadedShutdownTimeoutAppliesToTheNextShutdown(t *testing.T) {
 		t.Errorf("job ended %s/%s, want failed/runner_interrupted after the reloaded shutdown_timeout", rec.State, rec.FailureReason)
 	}
 }
+
+func TestReloadMetrics(t *testing.T) {
+	f := newReloadFixture(t)
+	value := func(name, result string) float64 {
+		t.Helper()
+		fams, err := f.d.metrics.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, fam := range fams {
+			if fam.GetName() != name {
+				continue
+			}
+			for _, m := range fam.GetMetric() {
+				if result != "" && (len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != result) {
+					continue
+				}
+				if m.GetCounter() != nil {
+					return m.GetCounter().GetValue()
+				}
+				return m.GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("metric %s{result=%q} not exported", name, result)
+		return 0
+	}
+	if v := value("instance_runner_config_last_reload_success_timestamp_seconds", ""); v != 0 {
+		t.Errorf("last reload timestamp %v before any reload, want 0", v)
+	}
+	writeConfig(t, f.path, "concurrent = \"many\"\n")
+	if _, err := f.d.ReloadFile(f.path); err == nil {
+		t.Fatal("invalid file reloaded")
+	}
+	f.write(t, func(s *reloadSrc) { s.idle = 1 })
+	if _, err := f.d.ReloadFile(f.path); err != nil {
+		t.Fatal(err)
+	}
+	for result, want := range map[string]float64{"applied": 1, "invalid": 1, "refused": 0} {
+		if got := value("instance_runner_config_reloads_total", result); got != want {
+			t.Errorf("reloads_total{result=%s} = %v, want %v", result, got, want)
+		}
+	}
+	if v := value("instance_runner_config_last_reload_success_timestamp_seconds", ""); v < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("last reload timestamp %v, want about now", v)
+	}
+}
