@@ -239,6 +239,9 @@ func (t *Taskscaler) gone(in *instance, why string) {
 	if t.opts.storage != nil {
 		o.storeDel = append(o.storeDel, in.id)
 	}
+	if t.opts.instanceRemoved != nil {
+		t.opts.instanceRemoved(in.id)
+	}
 	t.touch()
 }
 

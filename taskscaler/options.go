@@ -64,6 +64,7 @@ type options struct {
 	clock               Clock
 	storage             Storage
 	keepPreexisting     bool
+	instanceRemoved     func(id string)
 	errs                []error
 }
 

@@ -183,6 +183,7 @@ func (r *runner) scalerOptions() []taskscaler.Option {
 		taskscaler.WithShutdownDeletionRetries(a.ShutdownDeletionRetries),
 		taskscaler.WithFailureThreshold(a.FailureThreshold),
 		taskscaler.WithHeartbeat(r.heartbeat, 0),
+		taskscaler.WithInstanceRemoved(r.instanceRemoved),
 	}
 	if a.ReservationThrottling != nil {
 		opts = append(opts, taskscaler.WithReservationThrottling(*a.ReservationThrottling))
