@@ -245,6 +245,9 @@ func newFaultHarness(t *testing.T, o harnessOpts) *faultHarness {
 	if o.srv.LongPoll == 0 {
 		o.srv.LongPoll = 500 * time.Millisecond
 	}
+	if o.srv.TraceUpdateInterval == 0 {
+		o.srv.TraceUpdateInterval = time.Second // GitLab's smallest; its default 3 s slows the suite
+	}
 	if o.maxInstances == 0 {
 		o.maxInstances = 2
 	}
