@@ -480,6 +480,22 @@ type ShellExec struct {
 	// exited while background processes keep its stdout or stderr open,
 	// as exec.Cmd.WaitDelay. 0 means 1 second.
 	WaitDelay time.Duration
+	// Children, when set, is told which child processes are the
+	// commands' own (reaped by exec.Cmd.Wait). A server process that is a
+	// child subreaper and reaps the orphans it adopts (provider/local)
+	// needs it to leave those to Wait. Nil means none.
+	Children ChildTracker
+}
+
+// ChildTracker learns which child processes of the server belong to
+// ShellExec, so that a reaper of adopted orphans leaves them alone.
+type ChildTracker interface {
+	// Started calls start, which starts one child process and returns
+	// its pid, and records the pid; the reaper must not run while it
+	// does. It returns start's error.
+	Started(start func() (pid int, err error)) error
+	// Waited forgets pid after exec.Cmd.Wait reaped it.
+	Waited(pid int)
 }
 
 // Run implements ExecFunc.
@@ -508,7 +524,16 @@ func (e ShellExec) Run(ctx context.Context, c *Command) ExitStatus {
 	}
 	stdin, err := cmd.StdinPipe()
 	if err == nil {
-		err = cmd.Start()
+		if e.Children != nil {
+			err = e.Children.Started(func() (int, error) {
+				if err := cmd.Start(); err != nil {
+					return 0, err
+				}
+				return cmd.Process.Pid, nil
+			})
+		} else {
+			err = cmd.Start()
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(c.Stderr, "sshserver: cannot start %s: %v\n", shell, err)
@@ -550,6 +575,9 @@ func (e ShellExec) Run(ctx context.Context, c *Command) ExitStatus {
 	}()
 	err = cmd.Wait()
 	close(done)
+	if e.Children != nil {
+		e.Children.Waited(pgid)
+	}
 	if cmd.ProcessState == nil {
 		return ExitStatus{Code: 255}
 	}

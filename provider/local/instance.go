@@ -221,11 +221,24 @@ func serveInstance(dir string, log *zap.Logger) error {
 
 	sandbox := filepath.Join(dir, sandboxDir)
 	env := commandEnv(os.Environ(), sandbox)
+	// As a child subreaper the instance adopts what its commands leave
+	// behind (double forks, setsid), so deleting it can find and kill
+	// those processes; it reaps their zombies itself.
+	shell := sshserver.ShellExec{Shell: "bash", Dir: sandbox, Env: env}
+	if err := setSubreaper(); err != nil {
+		log.Warn("cannot become a child subreaper; processes that leave their session and environment may survive the deletion of the instance", zap.Error(err))
+	} else {
+		reaper := newOrphanReaper()
+		shell.Children = reaper
+		stopReaper := make(chan struct{})
+		defer close(stopReaper)
+		go reaper.run(stopReaper, watchInterval)
+	}
 	srv, err := sshserver.New(sshserver.Config{
 		HostKey:        hostKey,
 		AuthorizedKeys: authorized,
 		Password:       spec.Password,
-		Exec:           sshserver.ShellExec{Shell: "bash", Dir: sandbox, Env: env}.Run,
+		Exec:           shell.Run,
 		Logger:         log,
 	})
 	if err != nil {
@@ -249,6 +262,7 @@ func serveInstance(dir string, log *zap.Logger) error {
 	case <-orphaned:
 		log.Info("instance directory removed; stopping with all its processes")
 		srv.Close()
+		killTree(os.Getpid())
 		sweep(os.Getpid(), sandbox)
 		return nil
 	case err := <-errc:

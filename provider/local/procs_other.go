@@ -2,7 +2,11 @@
 
 package local
 
-import "syscall"
+import (
+	"errors"
+	"syscall"
+	"time"
+)
 
 // instanceAlive reports whether pid is alive. Without /proc it cannot tell
 // whether pid is still the instance started in dir.
@@ -32,3 +36,26 @@ func sweep(sid int, _ string) {
 
 // isZombie cannot tell without /proc; it reports false.
 func isZombie(int) bool { return false }
+
+// killTree does nothing without /proc.
+func killTree(int) {}
+
+// setSubreaper is not supported outside Linux.
+func setSubreaper() error { return errors.New("child subreapers exist only on Linux") }
+
+// orphanReaper does nothing outside Linux (no subreaper, so no adopted
+// orphans).
+type orphanReaper struct{}
+
+func newOrphanReaper() *orphanReaper { return nil }
+
+// Started implements sshserver.ChildTracker.
+func (*orphanReaper) Started(start func() (int, error)) error {
+	_, err := start()
+	return err
+}
+
+// Waited implements sshserver.ChildTracker.
+func (*orphanReaper) Waited(int) {}
+
+func (*orphanReaper) run(<-chan struct{}, time.Duration) {}
