@@ -274,6 +274,12 @@ const stageFileSuffix = ".stage"
 // SIGTERM before they send SIGKILL to the stage's process group.
 const stopGrace = 10 * time.Second
 
+// waitTicks bounds (in 0.2 s polls: stopGrace plus 5 s) how long the stage
+// wrapper and the reap script wait for the group to be empty after
+// SIGTERM: what is left after SIGKILL is a zombie nobody reaps (a
+// container whose PID 1 does not) or a process stuck in the kernel.
+const waitTicks = int((stopGrace + 5*time.Second) / (200 * time.Millisecond))
+
 // newToken returns 16 random hex digits.
 func newToken() string {
 	var b [8]byte
@@ -287,7 +293,7 @@ func newToken() string {
 //   - forwards SIGTERM/SIGINT/SIGHUP to the whole group (SIGKILL
 //     stopGrace later, from a helper in a group of its own so that a
 //     SIGKILL of the session's group spares it), then waits until no
-//     process of the group is left;
+//     process of the group is left (at most stopGrace plus 5 s);
 //   - runs a watchdog (in a group of its own) that reads the session's
 //     standard input, which jobexec keeps open while the stage runs: EOF
 //     (the stage's context ended, Runner returned, or the SSH session or
@@ -334,8 +340,9 @@ while :; do
   kill -0 "$__ir_pid" 2>/dev/null || break
 done
 kill -KILL "$__ir_wd" 2>/dev/null
+__ir_n=0
 if [ -n "$__ir_stopping" ]; then
-  while kill -0 -- -"$__ir_pid" 2>/dev/null; do sleep 0.2; done
+  while kill -0 -- -"$__ir_pid" 2>/dev/null && [ "$__ir_n" -lt ` + strconv.Itoa(waitTicks) + ` ]; do sleep 0.2; __ir_n=$((__ir_n+1)); done
 fi
 kill -0 -- -"$__ir_pid" 2>/dev/null || rm -f "$__ir_sf"
 rm -rf "$__ir_tmp"
@@ -385,7 +392,7 @@ while kill -0 -- -"$__ir_g" 2>/dev/null; do
 done
 rm -f "$__ir_sf"
 exit 0
-`, stageFileSuffix, token, ticks, ticks+25)
+`, stageFileSuffix, token, ticks, waitTicks)
 	writeScriptEnd(&b, token)
 	return b.String()
 }
