@@ -498,7 +498,7 @@ func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *
 }
 
 var (
-	sectionMarker = regexp.MustCompile(`section_(?:start|end):[0-9]+:[^\x1b\r\n]*\x1b\[0K`)
+	sectionMarker = regexp.MustCompile(`section_(?:start|end):[0-9]+:[^\x1b\r\n]*\r?\x1b\[0K`)
 	ansiEscape    = regexp.MustCompile(`\x1b\[[0-9;]*[A-Za-z]`)
 )
 
