@@ -145,7 +145,8 @@ type Daemon struct {
 	abortOnce sync.Once
 	abort     chan struct{}
 
-	reload reloadState // see reload.go
+	reload    reloadState // see reload.go
+	cancelAll cancelState // see cancel.go (CancelJobs)
 
 	mu          sync.Mutex
 	metricsAddr string // bound listen_address, once serving

@@ -35,7 +35,8 @@ type runner struct {
 	// journal records the jobs this process runs; orphans holds those an
 	// earlier process left running (see state.go). nil when disabled.
 	journal, orphans *jobjournal.Journal
-	stopRecovery     func() // stops startRecovery's goroutine and waits
+	stopRecovery     func()        // stops startRecovery's goroutine and waits
+	recoverKick      chan struct{} // wakes startRecovery's goroutine
 
 	mu      sync.Mutex
 	running map[int64]bool // job ids in progress: a job never runs twice
@@ -347,10 +348,13 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 func (r *runner) runOnSlot(ctx context.Context, received time.Time, key string, job *gitlab.Job, trace *gitlab.JobTrace, jr *jobRecord, log *zap.Logger) (res jobexec.Result, instanceID string, slot int, acquired bool) {
 	a := r.cfg.Autoscaler
 	fmt.Fprintf(trace, "Preparing the instance executor: waiting for a slot on an instance (at most %s, instance_acquire_timeout)...\n", a.InstanceAcquireTimeout)
-	actx, acancel := context.WithTimeout(ctx, a.InstanceAcquireTimeout)
+	actx, acancel := r.d.acquireContext(ctx, trace.CancelRequested(), a.InstanceAcquireTimeout)
 	acq, err := r.ts.Acquire(actx, key)
 	acancel()
 	if err != nil {
+		if r.d.cancelRequested(trace.CancelRequested()) {
+			return canceledBeforeScript(trace, log), "", 0, false
+		}
 		return r.acquireFailed(ctx, trace, log, err, a.InstanceAcquireTimeout), "", 0, false
 	}
 	for attempt := 1; ; attempt++ {
@@ -401,7 +405,11 @@ func (r *runner) execute(ctx context.Context, received time.Time, job *gitlab.Jo
 	if run == nil {
 		run = r.runSSH
 	}
-	return run(ictx, JobInput{Runner: r.cfg, Job: job, Acquisition: acq, Trace: trace, Cancel: trace.CancelRequested(), Received: received, Logger: log})
+	cancelCh := r.d.jobCancel(ictx, trace.CancelRequested())
+	if closed(cancelCh) {
+		return canceledBeforeScript(trace, log)
+	}
+	return run(ictx, JobInput{Runner: r.cfg, Job: job, Acquisition: acq, Trace: trace, Cancel: cancelCh, Received: received, Logger: log})
 }
 
 // runSSH is the default RunFunc: jobexec over a pooled SSH connection.

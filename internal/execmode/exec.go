@@ -81,6 +81,9 @@ type Options struct {
 	Variables []gitlab.Variable
 	// ScalerOptions are passed to the daemon (tests).
 	ScalerOptions []taskscaler.Option
+	// OnEvent, when set, is called for every daemon job event after exec's
+	// own handling, from the job's goroutine (tests).
+	OnEvent func(daemon.Event)
 }
 
 // Status of a job in the summary.
@@ -219,15 +222,33 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		}
 	}
 	tracker := newTracker()
-	d, err := daemon.New(ctx, cfg, daemon.Options{
+	show := tracker.event(o)
+	var d *daemon.Daemon
+	onEvent := func(ev daemon.Event) {
+		show(ev)
+		if opts.OnEvent != nil {
+			opts.OnEvent(ev)
+		}
+		// A job handed out after (or while) ctx ended never starts its
+		// script; CancelJobs is idempotent.
+		if ctx.Err() != nil {
+			d.CancelJobs()
+		}
+	}
+	d, err = daemon.New(ctx, cfg, daemon.Options{
 		Logger: log, SystemID: "r_execlocal001", Version: opts.Version,
-		ScalerOptions: opts.ScalerOptions, OnEvent: tracker.event(o),
+		ScalerOptions: opts.ScalerOptions, OnEvent: onEvent,
 		Trace:          gitlab.TraceOptions{UpdateInterval: time.Second, KeepAlive: time.Second},
 		NoStateStorage: true, // a one-shot run resumes nothing
 	})
 	if err != nil {
 		return nil, err
 	}
+	// exec runs GitLab and the daemon in one process: cancelling ctx
+	// (Ctrl-C) cancels the running jobs locally at once instead of waiting
+	// for each job to see `Job-Status: canceling` at its next trace update.
+	stopCancelWatch := context.AfterFunc(ctx, d.CancelJobs)
+	defer stopCancelWatch()
 	dctx, stopDaemon := context.WithCancel(context.WithoutCancel(ctx))
 	daemonDone := make(chan error, 1)
 	go func() { daemonDone <- d.Run(dctx) }()
