@@ -13,7 +13,7 @@ import (
 
 // reapTimeout bounds the separate session that stops what is left of a
 // cancelled stage (stopGrace plus time to connect and for the kernel).
-const reapTimeout = stopGrace + 20*time.Second
+const reapTimeout = stopGrace + 10*time.Second
 
 // stageInput is a stage's standard input: the script, then nothing until
 // the stage's context ends or the stage returned (Close), then EOF. The
