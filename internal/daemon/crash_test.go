@@ -452,7 +452,9 @@ shutdown_timeout = 10
 	if recs, _ := live.List(); len(recs) != 0 {
 		t.Errorf("%d job records left", len(recs))
 	}
-	if _, err := os.Stat(filepath.Join(stateDir, stateRecoveringDir)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("recovery journal left: %v", err)
+	if rj, err := jobjournal.Open(filepath.Join(stateDir, stateRecoveringDir), nil); err != nil {
+		t.Error(err)
+	} else if recs, _ := rj.List(); len(recs) != 0 {
+		t.Errorf("%d records left in the recovery journal", len(recs))
 	}
 }

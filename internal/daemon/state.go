@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -26,8 +25,9 @@ const (
 	stateInstancesDir = "instances"
 	// stateJobsDir holds the journal of the jobs this process runs.
 	stateJobsDir = "jobs"
-	// stateRecoveringDir holds the records of jobs an earlier process left
-	// running, until GitLab has their final state.
+	// stateRecoveringDir holds the records of jobs whose final state
+	// GitLab does not have yet and that no goroutine of this process runs:
+	// those an earlier process left, and those whose final update failed.
 	stateRecoveringDir = "jobs-recovering"
 )
 
@@ -102,7 +102,7 @@ func (r *runner) openState() ([]taskscaler.Option, error) {
 		if err != nil {
 			return err
 		}
-		r.journal, r.orphans = j, orphans
+		r.journal, r.orphans, r.recoverKick = j, orphans, make(chan struct{}, 1)
 		return nil
 	}()
 	if err != nil {
@@ -115,19 +115,15 @@ func (r *runner) openState() ([]taskscaler.Option, error) {
 	return opts, nil
 }
 
-// takeOrphans moves every record of live (jobs of an earlier process) to
-// the recovery journal in dir, so that recovering them never touches the
-// jobs this process starts. A record is written to the recovery journal
-// before it is removed from live; after a crash in between, the copy in
-// the recovery journal (possibly further along) wins. It returns nil when
-// there is nothing to recover.
+// takeOrphans opens the recovery journal in dir and moves every record of
+// live (jobs of an earlier process) to it, so that recovering them never
+// touches the jobs this process starts. A record is written to the
+// recovery journal before it is removed from live; after a crash in
+// between, the copy in the recovery journal (possibly further along) wins.
 func takeOrphans(live *jobjournal.Journal, dir string, log *zap.Logger) (*jobjournal.Journal, error) {
 	recs, err := live.List()
 	if err != nil {
 		return nil, err
-	}
-	if _, err := os.Stat(dir); len(recs) == 0 && errors.Is(err, os.ErrNotExist) {
-		return nil, nil
 	}
 	orphans, err := jobjournal.Open(dir, log)
 	if err != nil {
@@ -151,10 +147,6 @@ func takeOrphans(live *jobjournal.Journal, dir string, log *zap.Logger) (*jobjou
 			return nil, err
 		}
 	}
-	if len(recs)+len(have) == 0 {
-		_ = os.Remove(dir)
-		return nil, nil
-	}
 	return orphans, nil
 }
 
@@ -164,11 +156,14 @@ var recoveryBackOff = func() backoff.BackOff {
 	return &backoff.ExponentialBackOff{InitialInterval: 2 * time.Second, RandomizationFactor: 0.2, Multiplier: 2, MaxInterval: 2 * time.Minute}
 }
 
-// startRecovery settles, in the background, the jobs an earlier process
-// left running: each gets an explanatory trace line and the final state
-// failed with runner_system_failure (jobjournal.Recover). Failed attempts
-// (GitLab unreachable) are retried with exponential backoff until they
-// succeed or stopState is called.
+// startRecovery settles, in the background, the jobs of the recovery
+// journal: at start those an earlier process left running (each gets an
+// explanatory trace line and the final state failed with
+// runner_system_failure, see jobjournal.Recover), later those whose final
+// update failed in this process (their decided outcome, handed over by
+// jobRecord.finish). Failed attempts (GitLab unreachable) are retried with
+// exponential backoff until they succeed or stopState is called; the
+// records left then wait for the next start.
 func (r *runner) startRecovery() {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -182,25 +177,49 @@ func (r *runner) startRecovery() {
 	}
 	go func() {
 		defer close(done)
-		total := 0
-		_, err := backoff.Retry(ctx, func() (struct{}, error) {
-			n, err := jobjournal.Recover(ctx, r.orphans, r.api, r.log)
-			total += n
-			return struct{}{}, err
-		}, backoff.WithBackOff(recoveryBackOff()), backoff.WithMaxElapsedTime(0),
-			backoff.WithNotify(func(err error, next time.Duration) {
-				r.log.Warn("could not report every job the previous instance-runner left running; retrying",
-					zap.Error(err), zap.Duration("retry_in", next))
-			}))
-		if total > 0 {
-			r.log.Warn("reported jobs the previous instance-runner left running as failed (runner_system_failure)", zap.Int("jobs", total))
+		for {
+			r.settle(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.recoverKick:
+			}
 		}
-		if err != nil {
-			r.log.Warn("stopped reporting jobs the previous instance-runner left running; the next start retries", zap.Error(err))
-			return
-		}
-		_ = os.Remove(r.orphans.Dir()) // only when empty
 	}()
+}
+
+// kickRecovery makes the recovery goroutine look at the recovery journal
+// again.
+func (r *runner) kickRecovery() {
+	select {
+	case r.recoverKick <- struct{}{}:
+	default:
+	}
+}
+
+// settle runs jobjournal.Recover over the recovery journal until every
+// record is settled or ctx ends.
+func (r *runner) settle(ctx context.Context) {
+	if recs, err := r.orphans.List(); err == nil && len(recs) == 0 {
+		return
+	}
+	total := 0
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		n, err := jobjournal.Recover(ctx, r.orphans, r.api, r.log)
+		total += n
+		return struct{}{}, err
+	}, backoff.WithBackOff(recoveryBackOff()), backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, next time.Duration) {
+			r.log.Warn("could not report the final state of every job in the job journal to GitLab; retrying",
+				zap.Error(err), zap.Duration("retry_in", next))
+		}))
+	if total > 0 {
+		r.log.Warn("reported the final state of jobs from the job journal to GitLab (jobs a previous instance-runner left running fail with runner_system_failure)",
+			zap.Int("jobs", total))
+	}
+	if err != nil {
+		r.log.Warn("stopped reporting jobs from the job journal; the next start retries", zap.Error(err))
+	}
 }
 
 // stopState stops the background recovery and waits for it.
@@ -267,8 +286,18 @@ func (jr *jobRecord) follow(every time.Duration) {
 	}
 }
 
-// put refreshes the trace position and writes the record; jr.mu held.
+// put refreshes the trace position and writes the record to the live
+// journal; jr.mu held.
 func (jr *jobRecord) put() {
+	jr.refresh()
+	if err := jr.r.journal.Put(jr.rec); err != nil {
+		jr.log.Warn("could not record the job in the job journal", zap.Error(err))
+	}
+}
+
+// refresh copies the acknowledged trace position into the record; jr.mu
+// held.
+func (jr *jobRecord) refresh() {
 	off, sum := jr.trace.Acked()
 	jr.rec.TraceOffset, jr.rec.TraceCRC = off, sum
 	// GitLab holding more bytes than we do (a 416 beyond our end) leaves
@@ -276,9 +305,6 @@ func (jr *jobRecord) put() {
 	// did not all reach GitLab (the final update covers the whole trace).
 	n := jr.trace.Len()
 	jr.rec.ChecksumUnknown = off > n || (jr.rec.Final != nil && off != n)
-	if err := jr.r.journal.Put(jr.rec); err != nil {
-		jr.log.Warn("could not record the job in the job journal", zap.Error(err))
-	}
 }
 
 // setInstance records the instance and slot the job runs on.
@@ -294,8 +320,9 @@ func (jr *jobRecord) setInstance(instanceID string, slot int) {
 
 // finish ends the record after the final update: it is removed when GitLab
 // took the final state (finishErr nil) or ended the job itself
-// (gitlab.ErrAborted); otherwise it keeps the decided outcome for the next
-// start (Record.Final).
+// (gitlab.ErrAborted); otherwise the decided outcome (Record.Final) goes to
+// the recovery journal, whose goroutine keeps trying to deliver it (and the
+// next start, if this process stops first).
 func (jr *jobRecord) finish(finishErr error, res jobexec.Result, supported []string) {
 	if jr == nil {
 		return
@@ -311,5 +338,15 @@ func (jr *jobRecord) finish(finishErr error, res jobexec.Result, supported []str
 		return
 	}
 	jr.rec.Final = &jobjournal.Final{State: res.State, FailureReason: gitlab.MapFailureReason(res.FailureReason, supported), ExitCode: res.ExitCode}
-	jr.put()
+	jr.refresh()
+	if err := jr.r.orphans.Put(jr.rec); err != nil {
+		jr.log.Warn("could not hand the job's final state to the job journal's recovery; the next start delivers it", zap.Error(err))
+		jr.put()
+		return
+	}
+	if err := jr.r.journal.Remove(jr.rec.JobID); err != nil {
+		jr.log.Warn("could not remove the job from the job journal", zap.Error(err))
+	}
+	jr.log.Warn("GitLab did not take the job's final state; retrying in the background")
+	jr.r.kickRecovery()
 }

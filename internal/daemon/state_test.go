@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -114,79 +115,118 @@ func TestJobJournalFollowsTheJob(t *testing.T) {
 	}
 }
 
+// recoveringOf opens the recovery journal of cfg's first runner.
+func recoveringOf(t *testing.T, cfg *config.Config) *jobjournal.Journal {
+	t.Helper()
+	j, err := jobjournal.Open(filepath.Join(StateDir(&cfg.Runners[0]), stateRecoveringDir), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
 // TestJobJournalKeepsDecidedOutcome: when GitLab does not take the final
-// state, the record keeps the decided outcome with the checksum of the
-// whole trace, and the next start delivers it (success stays success).
+// state, the decided outcome (with the checksum of the whole trace) goes to
+// the recovery journal; the running daemon delivers it once GitLab
+// answers, and a record still pending when the daemon stops is delivered
+// by the next start. Success stays success.
 func TestJobJournalKeepsDecidedOutcome(t *testing.T) {
+	old := recoveryBackOff
+	recoveryBackOff = func() backoff.BackOff { return backoff.NewConstantBackOff(50 * time.Millisecond) }
+	defer func() { recoveryBackOff = old }()
+
 	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: "glrt-fake", LongPoll: 200 * time.Millisecond})
 	defer srv.Close()
 	cfg := fakeConfig(t, srv.URL(), "", "")
 	group := fake.New(fake.Config{})
+	block := &blockJob{next: http.DefaultTransport, method: http.MethodPut}
 	fr := newFakeRun()
 	var finished atomic.Int32
-	_, stop := startDaemon(t, cfg, Options{RunJob: fr.run, NewGroup: fakeGroup(group), ScalerOptions: []taskscaler.Option{noHeartbeat()},
-		FinishTimeout: 5 * time.Second,
-		Trace:         gitlab.TraceOptions{FinalUpdateRetries: 1, FinalUpdateBackoffMin: 10 * time.Millisecond, FinalUpdateBackoffMax: 10 * time.Millisecond},
+	opts := Options{RunJob: fr.run, NewGroup: fakeGroup(group), ScalerOptions: []taskscaler.Option{noHeartbeat()},
+		HTTPClient: &http.Client{Transport: block}, FinishTimeout: 5 * time.Second,
+		Trace: gitlab.TraceOptions{FinalUpdateRetries: 1, FinalUpdateBackoffMin: 10 * time.Millisecond, FinalUpdateBackoffMax: 10 * time.Millisecond},
 		OnEvent: func(ev Event) {
 			if ev.Kind == EventFinished {
 				finished.Add(1)
 			}
-		}})
-	id := srv.AddJob(shellJob("j", []string{"x"}, nil, 60))
-	recv(t, fr.started, "job start")
-	srv.Inject(gitlabtest.Fault{Endpoint: gitlabtest.EndpointUpdate, JobID: id, Status: 503, Times: 100})
-	close(fr.release)
-	eventually(t, "the job to finish", func() bool { return finished.Load() == 1 })
+		}}
+	_, stop := startDaemon(t, cfg, opts)
+	recovering := recoveringOf(t, cfg)
+
+	// runBlocked runs one job whose final update GitLab does not answer and
+	// checks the record handed to the recovery journal.
+	runBlocked := func(name string, n int32) int64 {
+		id := srv.AddJob(shellJob(name, []string{"x"}, nil, 60))
+		recv(t, fr.started, name+" start")
+		block.set("/api/v4/jobs/" + itoa(id))
+		fr.release <- struct{}{}
+		eventually(t, name+" to finish", func() bool { return finished.Load() == n })
+		rec, ok := record(t, recovering, id)
+		stored := srv.Job(id).Trace
+		if !ok || rec.Final == nil || rec.Final.State != gitlab.StateSuccess {
+			t.Fatalf("%s: recovery record after a refused final update: %+v (found %v); want Final success", name, rec, ok)
+		}
+		if rec.ChecksumUnknown || rec.TraceOffset != int64(len(stored)) || rec.TraceCRC != crc32.ChecksumIEEE(stored) {
+			t.Errorf("%s: record %+v does not describe the %d bytes GitLab holds", name, rec, len(stored))
+		}
+		if _, ok := record(t, journalOf(t, cfg), id); ok {
+			t.Errorf("%s: record left in the live journal", name)
+		}
+		if st := srv.Job(id).State; st != gitlabtest.StatusRunning {
+			t.Fatalf("%s is %s while GitLab refuses its final update, want running", name, st)
+		}
+		return id
+	}
+	delivered := func(name string, id int64) {
+		t.Helper()
+		got := waitJob(t, srv, id)
+		if got.State != gitlabtest.StatusSuccess || !got.ChecksumOK || strings.Contains(string(got.Trace), "restarted") {
+			t.Errorf("%s: %s, checksum ok %v, trace:\n%s\nwant success with the original trace", name, got.State, got.ChecksumOK, got.Trace)
+		}
+		eventually(t, name+"'s record to be removed", func() bool { _, ok := record(t, recovering, id); return !ok })
+	}
+
+	// GitLab answers again while the daemon runs: delivered in the background.
+	first := runBlocked("first", 1)
+	block.set("")
+	delivered("first", first)
+
+	// Still refused when the daemon stops: delivered by the next start.
+	second := runBlocked("second", 2)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	rec, ok := record(t, journalOf(t, cfg), id)
-	stored := srv.Job(id).Trace
-	if !ok || rec.Final == nil || rec.Final.State != gitlab.StateSuccess {
-		t.Fatalf("record after a refused final update: %+v (found %v); want Final success", rec, ok)
+	if _, ok := record(t, recovering, second); !ok {
+		t.Fatal("record of the undelivered final state lost at shutdown")
 	}
-	if rec.ChecksumUnknown || rec.TraceOffset != int64(len(stored)) || rec.TraceCRC != crc32.ChecksumIEEE(stored) {
-		t.Errorf("record %+v does not describe the %d bytes GitLab holds", rec, len(stored))
-	}
-	if st := srv.Job(id).State; st != gitlabtest.StatusRunning {
-		t.Fatalf("job is %s before the restart, want running", st)
-	}
-
-	// GitLab answers again; the next start delivers the decided outcome.
-	for srv.PendingFaults() > 0 {
-		_, _ = http.DefaultClient.Do(mustReq(t, srv.URL()+"/api/v4/jobs/"+itoa(id), rec.JobToken))
-	}
-	_, stop = startDaemon(t, cfg, Options{RunJob: newFakeRun().run, NewGroup: fakeGroup(group.Reopen()), ScalerOptions: []taskscaler.Option{noHeartbeat()}})
-	got := waitJob(t, srv, id)
-	if got.State != gitlabtest.StatusSuccess || !got.ChecksumOK || strings.Contains(string(got.Trace), "restarted") {
-		t.Errorf("after restart: %s, checksum ok %v, trace:\n%s\nwant success with the original trace", got.State, got.ChecksumOK, got.Trace)
-	}
+	block.set("")
+	opts.NewGroup, opts.OnEvent = fakeGroup(group.Reopen()), nil
+	_, stop = startDaemon(t, cfg, opts)
+	delivered("second", second)
 	_ = stop()
 }
 
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+// blockJob is an HTTP transport that answers 503 to the calls about one job
+// (path prefix; method, when set) while blocked.
+type blockJob struct {
+	next   http.RoundTripper
+	method string
 
-// mustReq is a PUT that the injected update faults consume.
-func mustReq(t *testing.T, url, token string) *http.Request {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPut, url, strings.NewReader(`{"token":"`+token+`","state":"running"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	return req
+	mu   sync.Mutex
+	path string // "" blocks nothing
 }
 
-// blockJob is an HTTP transport that answers 503 to every call about one
-// job while blocked.
-type blockJob struct {
-	next    http.RoundTripper
-	path    string
-	blocked atomic.Bool
+func (b *blockJob) set(path string) {
+	b.mu.Lock()
+	b.path = path
+	b.mu.Unlock()
 }
 
 func (b *blockJob) RoundTrip(r *http.Request) (*http.Response, error) {
-	if b.blocked.Load() && strings.HasPrefix(r.URL.Path, b.path) {
+	b.mu.Lock()
+	path := b.path
+	b.mu.Unlock()
+	if path != "" && strings.HasPrefix(r.URL.Path, path) && (b.method == "" || r.Method == b.method) {
 		if r.Body != nil {
 			_ = r.Body.Close()
 		}
@@ -232,14 +272,14 @@ func TestRecoveryRetriesInTheBackground(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	block := &blockJob{next: http.DefaultTransport, path: "/api/v4/jobs/" + itoa(orphan)}
-	block.blocked.Store(true)
+	block := &blockJob{next: http.DefaultTransport}
+	block.set("/api/v4/jobs/" + itoa(orphan))
 	core, logs := observer.New(zapcore.WarnLevel)
 	fr := newFakeRun()
 	_, stop := startDaemon(t, cfg, Options{RunJob: fr.run, Logger: zap.New(core), HTTPClient: &http.Client{Transport: block},
 		ScalerOptions: []taskscaler.Option{noHeartbeat()}})
 	eventually(t, "a failed recovery attempt", func() bool {
-		return logs.FilterMessageSnippet("previous instance-runner left running; retrying").Len() >= 2
+		return logs.FilterMessageSnippet("in the job journal to GitLab; retrying").Len() >= 2
 	})
 	// A job of this process runs and succeeds while recovery retries.
 	live := srv.AddJob(shellJob("live", []string{"x"}, nil, 60))
@@ -251,17 +291,17 @@ func TestRecoveryRetriesInTheBackground(t *testing.T) {
 	if st := srv.Job(orphan).State; st != gitlabtest.StatusRunning {
 		t.Fatalf("orphan is %s while GitLab is unreachable for it", st)
 	}
-	block.blocked.Store(false)
+	block.set("")
 	rec := waitJob(t, srv, orphan)
 	want := string(before) + string(jobjournal.Explanation("fake-7"))
 	if rec.State != gitlabtest.StatusFailed || rec.FailureReason != gitlab.RunnerSystemFailure || string(rec.Trace) != want || !rec.ChecksumOK {
 		t.Errorf("orphan: %s/%s checksum ok %v, trace %q; want failed/runner_system_failure, trace %q", rec.State, rec.FailureReason, rec.ChecksumOK, rec.Trace, want)
 	}
 	// The record goes once GitLab confirmed the final state (it may answer
-	// 202 first), then the emptied recovery journal.
-	eventually(t, "the recovery journal to be removed", func() bool {
-		_, err := os.Stat(filepath.Join(StateDir(rc), stateRecoveringDir))
-		return errors.Is(err, os.ErrNotExist)
+	// 202 first).
+	eventually(t, "the recovery journal to be emptied", func() bool {
+		recs, err := recoveringOf(t, cfg).List()
+		return err == nil && len(recs) == 0
 	})
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -391,3 +431,5 @@ func TestRestoredInstance(t *testing.T) {
 		})
 	}
 }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
