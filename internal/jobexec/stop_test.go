@@ -219,24 +219,37 @@ func (b blockingReader) Read([]byte) (int, error) {
 
 // TestStopWhenConnectionLost: when the SSH connection breaks in the middle
 // of a stage, the stage wrapper (its input ends) stops the job's processes
-// on the instance.
+// on the instance: with the in-process SSH server and with OpenSSH (which
+// delivers no signal when the connection breaks).
 func TestStopWhenConnectionLost(t *testing.T) {
 	t.Parallel()
-	srv := connectortest.NewServer(t, connectortest.Options{})
-	var conns []net.Conn
+	t.Run("in-process", func(t *testing.T) {
+		srv := connectortest.NewServer(t, connectortest.Options{})
+		checkConnectionLost(t, srv.ConnectInfo(), filepath.Join(srv.Dir, "b"))
+	})
+	t.Run("openssh", func(t *testing.T) {
+		checkConnectionLost(t, startOpenSSH(t), t.TempDir())
+	})
+}
+
+// checkConnectionLost runs a job through a TCP proxy to info, breaks the
+// proxied connections once the script runs, and waits (bounded) until no
+// process of the job is left.
+func checkConnectionLost(t *testing.T, info provider.ConnectInfo, buildsDir string) {
 	proxy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer proxy.Close()
 	accepted := make(chan net.Conn, 4)
+	target := info.InternalAddr
 	go func() {
 		for {
 			c, err := proxy.Accept()
 			if err != nil {
 				return
 			}
-			s, err := net.Dial("tcp", srv.Addr)
+			s, err := net.Dial("tcp", target)
 			if err != nil {
 				c.Close()
 				return
@@ -246,7 +259,6 @@ func TestStopWhenConnectionLost(t *testing.T) {
 			accepted <- c
 		}
 	}()
-	info := srv.ConnectInfo()
 	info.InternalAddr = proxy.Addr().String()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -255,18 +267,24 @@ func TestStopWhenConnectionLost(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 	defer c.Close()
-	conns = append(conns, <-accepted)
+	conn := <-accepted
 	n, script := sleepers()
+	t.Cleanup(func() {
+		for _, pid := range sleeping(t, n) {
+			p, _ := strconv.Atoi(pid)
+			if proc, err := os.FindProcess(p); err == nil {
+				_ = proc.Kill()
+			}
+		}
+	})
 	tr := &traceBuf{}
 	started := tr.appeared("started\n")
 	run := func(ctx context.Context, command string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return c.Run(ctx, connector.RunOptions{Command: command, Stdin: stdin, Stdout: stdout, Stderr: stderr})
 	}
-	done := runAsync(context.Background(), jobexec.Options{Job: newJob(script, nil), Run: run, Trace: tr, InstanceID: "i-lost", BuildsDir: filepath.Join(srv.Dir, "b")})
+	done := runAsync(context.Background(), jobexec.Options{Job: newJob(script, nil), Run: run, Trace: tr, InstanceID: "i-lost", BuildsDir: buildsDir})
 	waitFor(t, started, "the script to start", tr)
-	for _, c := range conns {
-		c.Close() // the network breaks
-	}
+	conn.Close() // the network breaks
 	res := waitResult(t, done, tr)
 	if res.FailureReason != gitlab.RunnerSystemFailure {
 		t.Errorf("result = %+v; trace:\n%s", res, tr)
