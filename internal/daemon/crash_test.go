@@ -452,6 +452,25 @@ shutdown_timeout = 10
 	if recs, _ := live.List(); len(recs) != 0 {
 		t.Errorf("%d job records left", len(recs))
 	}
+	// Nothing secret in either process's log (debug level).
+	for _, name := range []string{"daemon-a.log", "daemon-b.log"} {
+		b, err := os.ReadFile(filepath.Join(tmp, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) == 0 {
+			t.Errorf("%s is empty", name)
+		}
+		secrets := []string{"glrt-crash"}
+		for _, id := range append(append([]int64{}, quick...), append(long, after)...) {
+			secrets = append(secrets, srv.Job(id).Token)
+		}
+		for _, sec := range secrets {
+			if bytes.Contains(b, []byte(sec)) {
+				t.Errorf("%s contains a token", name)
+			}
+		}
+	}
 	if rj, err := jobjournal.Open(filepath.Join(stateDir, stateRecoveringDir), nil); err != nil {
 		t.Error(err)
 	} else if recs, _ := rj.List(); len(recs) != 0 {
