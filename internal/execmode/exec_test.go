@@ -181,9 +181,9 @@ on-fail:
 }
 
 func TestExecBadPipelineIsAClearError(t *testing.T) {
-	dir := newGitRepo(t, map[string]string{".gitlab-ci.yml": "job:\n  script: [x]\n  artifacts: {paths: [a]}\n"})
+	dir := newGitRepo(t, map[string]string{".gitlab-ci.yml": "job:\n  script: [x]\n  trigger: other/project\n"})
 	_, err := Run(context.Background(), Options{Dir: dir})
-	if err == nil || !strings.Contains(err.Error(), `job "job": keyword "artifacts" is not supported`) {
+	if err == nil || !strings.Contains(err.Error(), `job "job" cannot run in exec: it uses trigger`) {
 		t.Errorf("error = %v, want one naming the job and keyword", err)
 	}
 	_, err = Run(context.Background(), Options{Dir: dir, Jobs: []string{"nope"}, File: filepath.Join(dir, ".gitlab-ci.yml")})

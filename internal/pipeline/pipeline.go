@@ -1,11 +1,12 @@
 // Package pipeline parses the subset of GitLab's `.gitlab-ci.yml` that
 // `instance-runner exec` runs locally: stages, default, variables,
 // before_script, script, after_script, timeout, allow_failure, when and
-// extends. Keywords that would change what a job does and that exec cannot
-// honour (artifacts, cache, rules, include, trigger, parallel, services, …)
-// are errors naming the job and the keyword; keywords that only matter on a
-// real GitLab (tags, image, interruptible, retry, …) are warnings and are
-// ignored. See docs/exec.md.
+// extends. Keywords exec does not honour but that leave the job runnable
+// (artifacts, cache, rules, only, except, tags, image, retry, include, …)
+// are warnings and are ignored; keywords that make a job something exec
+// cannot run (trigger, parallel, services, run) are errors only when that
+// job is selected (Select); an unknown keyword (a typo) is an error with
+// the line and a suggestion. See docs/exec.md.
 package pipeline
 
 import (
@@ -76,6 +77,10 @@ type Job struct {
 	AllowFailure bool
 	// When decides whether the job runs given the earlier stages' results.
 	When When
+	// Unsupported says, one sentence each, why exec cannot run this job
+	// (trigger, parallel, services, an extends target from an include);
+	// empty for a runnable job. Select refuses a job with reasons.
+	Unsupported []string
 }
 
 // Pipeline is a parsed `.gitlab-ci.yml`.
@@ -107,19 +112,32 @@ func ParseFile(path string) (*Pipeline, error) {
 // ignoredKeywords only matter on a real GitLab instance; exec warns and
 // ignores them. The value says why.
 var ignoredKeywords = map[string]string{
-	"tags":               "all jobs run on the local runner",
-	"image":              "the instance executor runs jobs on the instance itself, not in a container",
-	"interruptible":      "exec never auto-cancels jobs",
-	"retry":              "exec runs each job once",
-	"coverage":           "coverage is not collected",
-	"resource_group":     "exec runs one pipeline at a time",
-	"environment":        "exec does not track environments",
-	"dependencies":       "exec has no artifacts to pass",
-	"needs":              "jobs run stage by stage, which satisfies needs on earlier stages",
-	"description":        "",
-	"hooks":              "",
-	"identity":           "",
-	"dast_configuration": "",
+	"tags":                "all jobs run on the local runner",
+	"image":               "the instance executor runs jobs on the instance itself, not in a container",
+	"interruptible":       "exec never auto-cancels jobs",
+	"retry":               "exec runs each job once",
+	"coverage":            "coverage is not collected",
+	"resource_group":      "exec runs one pipeline at a time",
+	"environment":         "exec does not track environments",
+	"dependencies":        "exec has no artifacts to pass",
+	"needs":               "jobs run stage by stage, which satisfies needs on earlier stages",
+	"description":         "",
+	"hooks":               "",
+	"identity":            "",
+	"dast_configuration":  "",
+	"artifacts":           "ignored by exec: artifacts are not uploaded (files stay on the instance)",
+	"cache":               "ignored by exec: the cache is neither restored nor saved",
+	"rules":               "not evaluated by exec: the job runs as `when: on_success` (name the jobs to run on the command line)",
+	"only":                "not evaluated by exec: the job runs as `when: on_success` (name the jobs to run on the command line)",
+	"except":              "not evaluated by exec: the job runs as `when: on_success` (name the jobs to run on the command line)",
+	"id_tokens":           "exec issues no ID tokens; a script that needs them fails",
+	"secrets":             "exec fetches no external secrets; pass them with --secret",
+	"inherit":             "default and global variables are always inherited",
+	"pages":               "nothing is deployed to Pages",
+	"publish":             "nothing is deployed to Pages",
+	"release":             "no release is created",
+	"manual_confirmation": "",
+	"start_in":            "`when: delayed` is not supported",
 }
 
 // Parse parses the contents of a `.gitlab-ci.yml`. The error names the job
@@ -170,8 +188,10 @@ func Parse(data []byte) (*Pipeline, error) {
 		case "image":
 			p.Warnings = append(p.Warnings, "image is ignored: "+ignoredKeywords["image"])
 		case "include":
-			errs = append(errs, errors.New("include is not supported by exec: copy the included jobs into this file"))
-		case "services", "cache", "types", "spec":
+			p.Warnings = append(p.Warnings, "include is not followed by exec: only the jobs of this file run, and a job that extends an included template cannot run")
+		case "cache", "services":
+			p.Warnings = append(p.Warnings, fmt.Sprintf("top-level %s is ignored by exec", key))
+		case "types", "spec":
 			errs = append(errs, fmt.Errorf("top-level %s is not supported by exec; remove it", key))
 		case "before_script", "after_script":
 			errs = append(errs, fmt.Errorf("top-level %s is deprecated in GitLab and not supported by exec: move it under `default:`", key))
@@ -197,19 +217,24 @@ func Parse(data []byte) (*Pipeline, error) {
 	if derr != nil {
 		return nil, derr
 	}
+	lines := lineIndex(data)
 	for _, name := range order {
 		if strings.HasPrefix(name, ".") {
 			continue
 		}
-		m, err := resolveExtends(name, all, nil)
+		var missing []string
+		m, err := resolveExtends(name, all, nil, &missing)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		j, err := parseJob(name, m, dj, p)
+		j, err := parseJob(name, m, dj, p, lines)
 		if err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		for _, parent := range missing {
+			j.Unsupported = append(j.Unsupported, fmt.Sprintf("it extends %q, which is not defined in this file (exec does not follow include); copy the template into this file", parent))
 		}
 		p.Jobs = append(p.Jobs, j)
 	}
@@ -254,7 +279,11 @@ func defaultJob(m yaml.MapSlice, p *Pipeline) (*Job, error) {
 				p.Warnings = append(p.Warnings, warning("default", key, why))
 				continue
 			}
-			err = fmt.Errorf("keyword %q is not supported by exec in `default:`; supported there: before_script, after_script, timeout", key)
+			hint := ""
+			if sg := suggest(key); sg != "" {
+				hint = fmt.Sprintf(" (did you mean %q?)", sg)
+			}
+			err = fmt.Errorf("keyword %q is not supported by exec in `default:`%s; supported there: before_script, after_script, timeout", key, hint)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("default: %s: %w", key, err))
@@ -272,7 +301,8 @@ func warning(job, key, why string) string {
 
 // resolveExtends merges a job with the jobs it extends, as GitLab: hashes
 // are merged deeply, everything else is replaced, the extending job wins.
-func resolveExtends(name string, all map[string]yaml.MapSlice, seen []string) (yaml.MapSlice, error) {
+// Parents not defined in the file are added to missing and skipped.
+func resolveExtends(name string, all map[string]yaml.MapSlice, seen []string, missing *[]string) (yaml.MapSlice, error) {
 	if slices.Contains(seen, name) {
 		return nil, fmt.Errorf("job %q: extends loops: %s", seen[0], strings.Join(append(seen, name), " → "))
 	}
@@ -281,7 +311,8 @@ func resolveExtends(name string, all map[string]yaml.MapSlice, seen []string) (y
 	}
 	m, ok := all[name]
 	if !ok {
-		return nil, fmt.Errorf("job %q: extends %q, which is not defined in this file", seen[len(seen)-1], name)
+		*missing = append(*missing, name)
+		return nil, nil
 	}
 	var parents []string
 	var rest yaml.MapSlice
@@ -298,7 +329,7 @@ func resolveExtends(name string, all map[string]yaml.MapSlice, seen []string) (y
 	}
 	var base yaml.MapSlice
 	for _, parent := range parents {
-		pm, err := resolveExtends(parent, all, append(seen, name))
+		pm, err := resolveExtends(parent, all, append(seen, name), missing)
 		if err != nil {
 			return nil, err
 		}
@@ -326,7 +357,7 @@ func deepMerge(base, over yaml.MapSlice) yaml.MapSlice {
 	return out
 }
 
-func parseJob(name string, m yaml.MapSlice, d *Job, p *Pipeline) (*Job, error) {
+func parseJob(name string, m yaml.MapSlice, d *Job, p *Pipeline, lines keyLines) (*Job, error) {
 	j := &Job{Name: name, Stage: "test", When: OnSuccess, Timeout: d.Timeout,
 		BeforeScript: d.BeforeScript, AfterScript: d.AfterScript}
 	var errs []error
@@ -375,6 +406,10 @@ func parseJob(name string, m yaml.MapSlice, d *Job, p *Pipeline) (*Job, error) {
 				p.Warnings = append(p.Warnings, warning(name, key, why))
 				continue
 			}
+			if why, ok := unrunnableKeywords[key]; ok {
+				j.Unsupported = append(j.Unsupported, fmt.Sprintf("it uses %s, which exec cannot run: %s", key, why))
+				continue
+			}
 			unsupported = append(unsupported, key)
 			continue
 		}
@@ -382,12 +417,10 @@ func parseJob(name string, m yaml.MapSlice, d *Job, p *Pipeline) (*Job, error) {
 			errs = append(errs, fmt.Errorf("job %q: %s: %w", name, key, err))
 		}
 	}
-	if len(unsupported) > 0 {
-		sort.Strings(unsupported)
-		errs = append(errs, fmt.Errorf("job %q: keyword %s not supported by exec (it supports stage, variables, before_script, script, after_script, timeout, allow_failure, when, extends); remove it or run the pipeline on GitLab",
-			name, quoteList(unsupported)))
+	for _, key := range unsupported {
+		errs = append(errs, unknownKeyError(name, key, lines.line(name, key)))
 	}
-	if !hasScript && len(errs) == 0 {
+	if !hasScript && len(errs) == 0 && len(j.Unsupported) == 0 {
 		errs = append(errs, fmt.Errorf("job %q: has no script; add `script:` with at least one command", name))
 	}
 	if hasScript && len(j.Script) == 0 && len(errs) == 0 {
@@ -400,17 +433,6 @@ func parseJob(name string, m yaml.MapSlice, d *Job, p *Pipeline) (*Job, error) {
 		j.Timeout = DefaultTimeout
 	}
 	return j, errors.Join(errs...)
-}
-
-func quoteList(ks []string) string {
-	q := make([]string, len(ks))
-	for i, k := range ks {
-		q[i] = strconv.Quote(k)
-	}
-	if len(q) == 1 {
-		return q[0] + " is"
-	}
-	return strings.Join(q, ", ") + " are"
 }
 
 func asMap(v any) (yaml.MapSlice, bool) {
@@ -554,10 +576,11 @@ func parseVariables(v any) ([]Variable, error) {
 
 // Select returns the jobs to run: all of them when names is empty, else the
 // named ones in file order. An unknown name is an error listing the jobs
-// that exist.
+// that exist; a selected job exec cannot run (Job.Unsupported) is an error
+// naming it and why, and suggesting to name the other jobs.
 func (p *Pipeline) Select(names []string) ([]*Job, error) {
 	if len(names) == 0 {
-		return p.Jobs, nil
+		return p.Jobs, p.checkRunnable(p.Jobs, true)
 	}
 	var missing []string
 	for _, n := range names {
@@ -578,7 +601,36 @@ func (p *Pipeline) Select(names []string) ([]*Job, error) {
 			out = append(out, j)
 		}
 	}
-	return out, nil
+	return out, p.checkRunnable(out, false)
+}
+
+// checkRunnable fails when a job of jobs cannot be run by exec.
+func (p *Pipeline) checkRunnable(jobs []*Job, all bool) error {
+	var errs []error
+	var bad []string
+	for _, j := range jobs {
+		for _, why := range j.Unsupported {
+			errs = append(errs, fmt.Errorf("job %q cannot run in exec: %s", j.Name, why))
+		}
+		if len(j.Unsupported) > 0 {
+			bad = append(bad, j.Name)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	if all {
+		var ok []string
+		for _, j := range p.Jobs {
+			if !slices.Contains(bad, j.Name) {
+				ok = append(ok, j.Name)
+			}
+		}
+		if len(ok) > 0 {
+			errs = append(errs, fmt.Errorf("name the jobs to run instead, e.g. instance-runner exec %s", strings.Join(ok, " ")))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ByStage groups jobs by stage in stage order, dropping empty stages. Each

@@ -95,9 +95,6 @@ func TestParseErrors(t *testing.T) {
 		name, src string
 		want      []string
 	}{
-		{"artifacts", "j:\n  script: [x]\n  artifacts: {paths: [a]}\n", []string{`job "j"`, `"artifacts" is not supported`}},
-		{"several", "j:\n  script: [x]\n  rules: []\n  cache: {}\n", []string{`"cache", "rules" are not supported`}},
-		{"include", "include: a.yml\nj:\n  script: [x]\n", []string{"include is not supported"}},
 		{"no script", "j:\n  stage: test\n", []string{`job "j": has no script`}},
 		{"empty script", "j:\n  script: []\n", []string{`job "j": script is empty`}},
 		{"unknown stage", "stages: [a]\nj:\n  stage: b\n  script: [x]\n", []string{`stage "b" is not listed`}},
@@ -105,7 +102,6 @@ func TestParseErrors(t *testing.T) {
 		{"bad when", "j:\n  script: [x]\n  when: sometimes\n", []string{`job "j": when`, "use on_success"}},
 		{"delayed", "j:\n  script: [x]\n  when: delayed\n", []string{"delayed"}},
 		{"allow_failure exit codes", "j:\n  script: [x]\n  allow_failure: {exit_codes: [1]}\n", []string{"exit_codes is not supported"}},
-		{"extends missing", "j:\n  extends: .nope\n  script: [x]\n", []string{`extends ".nope", which is not defined`}},
 		{"extends loop", ".a:\n  extends: .b\n.b:\n  extends: .a\nj:\n  extends: .a\n  script: [x]\n", []string{"extends loops"}},
 		{"job not a map", "j: [echo hi]\n", []string{`job "j": must be a mapping`}},
 		{"bad yaml", "j:\n  script: [x\n", []string{"invalid YAML"}},
@@ -113,7 +109,10 @@ func TestParseErrors(t *testing.T) {
 		{"empty", "", []string{"has no jobs"}},
 		{"script number", "j:\n  script: [42]\n", []string{"quote it"}},
 		{"script colon", "j:\n  script:\n    - echo a: b\n", []string{"YAML mapping", "quote the whole line"}},
-		{"bad default", "default:\n  artifacts: {}\nj:\n  script: [x]\n", []string{`"artifacts" is not supported by exec in`}},
+		{"bad default", "default:\n  befor_script: []\nj:\n  script: [x]\n", []string{`"befor_script" is not supported by exec in`, `did you mean "before_script"`}},
+		{"typo", "j:\n  stage: test\n  scirpt: [x]\n", []string{`line 3: job "j": unknown keyword "scirpt": did you mean "script"?`}},
+		{"typo from template", ".t:\n  tgas: [a]\nj:\n  extends: .t\n  script: [x]\n", []string{`line 2: job "j": unknown keyword "tgas": did you mean "tags"?`}},
+		{"unknown far", "j:\n  script: [x]\n  frobnicate: 1\n", []string{`line 3: job "j": unknown keyword "frobnicate": check the spelling`}},
 		{"top before_script", "before_script: [x]\nj:\n  script: [x]\n", []string{"move it under `default:`"}},
 		{"variable field", "variables:\n  A: {value: x, bogus: 1}\nj:\n  script: [x]\n", []string{"unknown field bogus"}},
 	} {
@@ -207,4 +206,64 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Keywords that leave a job runnable are warnings; keywords that make a
+// job unrunnable only fail when that job is selected.
+func TestIgnoredAndUnrunnableKeywords(t *testing.T) {
+	src := `
+include: templates.yml
+cache: {paths: [vendor]}
+build:
+  stage: build
+  script: [make]
+  artifacts: {paths: [bin/]}
+  cache: {key: x, paths: [.cache]}
+  rules:
+    - if: $CI_COMMIT_BRANCH == "main"
+      when: manual
+  only: [main]
+  except: [tags]
+deploy:
+  stage: deploy
+  trigger: other/project
+matrix:
+  stage: test
+  parallel:
+    matrix: [{A: [1, 2]}]
+  script: [echo $A]
+from-include:
+  extends: .included-template
+  script: [echo hi]
+`
+	p, err := Parse([]byte(src))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	warns := strings.Join(p.Warnings, "\n")
+	for _, w := range []string{"include is not followed", "top-level cache is ignored",
+		`job "build": artifacts is ignored: ignored by exec: artifacts are not uploaded`,
+		`job "build": cache is ignored`, `job "build": rules is ignored: not evaluated by exec`,
+		`job "build": only is ignored`, `job "build": except is ignored`} {
+		if !strings.Contains(warns, w) {
+			t.Errorf("warnings lack %q:\n%s", w, warns)
+		}
+	}
+	got, err := p.Select([]string{"build"})
+	if err != nil || len(got) != 1 || got[0].Name != "build" || got[0].When != OnSuccess {
+		t.Fatalf("Select(build) = %v, %v; want build as on_success", got, err)
+	}
+	for name, want := range map[string]string{
+		"deploy":       `job "deploy" cannot run in exec: it uses trigger`,
+		"matrix":       `job "matrix" cannot run in exec: it uses parallel`,
+		"from-include": `job "from-include" cannot run in exec: it extends ".included-template", which is not defined`,
+	} {
+		if _, err := p.Select([]string{name}); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Select(%s) error = %v, want %q", name, err, want)
+		}
+	}
+	_, err = p.Select(nil)
+	if err == nil || !strings.Contains(err.Error(), "name the jobs to run instead, e.g. instance-runner exec build") {
+		t.Errorf("Select(all) error = %v, want one suggesting the runnable jobs", err)
+	}
 }
