@@ -42,26 +42,36 @@ func main() {
 }
 
 const usage = `instance-runner takes CI jobs from GitLab and runs them over SSH on
-autoscaled instances.
+autoscaled instances (a re-implementation of GitLab Runner's instance executor).
 
-Usage:
-  instance-runner [run] --config config.toml     run the manager (SIGINT/SIGTERM: stop taking
-                                                 jobs, let running jobs finish within
-                                                 shutdown_timeout; SIGQUIT: without deadline)
-  instance-runner validate --config config.toml  check a config and print what it found
-  instance-runner exec [--config F] [--file .gitlab-ci.yml] [JOB...]
-                                                 run a local .gitlab-ci.yml on autoscaled
-                                                 instances (default: the local provider)
-  instance-runner simulate --config F --trace jobs.csv
-                                                 replay a job trace against a config with the
-                                                 taskscaler simulator: cost, queue waits, churn
-  instance-runner version                        print the version
+Usage: instance-runner COMMAND [flags]
 
-Run "instance-runner COMMAND -h" for a command's flags.
+Commands:
+  run       take jobs from GitLab and run them: instance-runner run --config config.toml
+  exec      run a local .gitlab-ci.yml on autoscaled instances: instance-runner exec [JOB...]
+  validate  check a config and print what it found: instance-runner validate --config config.toml
+  simulate  replay a job trace against a config: instance-runner simulate --config F --trace jobs.csv
+  version   print the version and VCS revision (also --version)
+
+Run "instance-runner COMMAND -h" for a command's flags. Signals (run): SIGINT or
+SIGTERM stop taking jobs and let running ones finish within shutdown_timeout;
+SIGQUIT waits without deadline; a second SIGINT/SIGTERM aborts. Docs: docs/daemon.md,
+docs/exec.md, docs/configuration.md.
 `
 
 // run is main without os.Exit, for tests. It returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "%s\ninstance-runner: no command given; to start the manager: instance-runner run --config config.toml\n", usage)
+		return 2
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "-version", "--version":
+		args = []string{"version"}
+	}
 	cmd := "run"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
@@ -82,6 +92,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "instance-runner %s\n", versionString())
 		return 0
 	case "help":
+		if len(args) > 0 && args[0] != "help" {
+			// `help exec` = `exec -h`.
+			return run([]string{args[0], "-h"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
@@ -130,7 +144,17 @@ func versionString() string {
 	if !ok {
 		return "(unknown)"
 	}
+	return formatVersion(bi)
+}
+
+// formatVersion renders the module version with the VCS revision (12 hex
+// digits, "-dirty" when the tree had uncommitted changes) and Go version
+// from the build info, e.g. "v1.2.3 (0123456789ab-dirty, go1.26.8)".
+func formatVersion(bi *debug.BuildInfo) string {
 	v := bi.Main.Version
+	if v == "" {
+		v = "(devel)"
+	}
 	var rev, dirty string
 	for _, s := range bi.Settings {
 		switch s.Key {

@@ -33,7 +33,7 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Errorf("version: code %d, out %q", code, out)
 	}
 	code, out, _ = runCLI("help")
-	if code != 0 || !strings.Contains(out, "validate --config") {
+	if code != 0 || !strings.Contains(out, "validate --config") || !strings.Contains(out, "\n  simulate  ") {
 		t.Errorf("help: code %d, out %q", code, out)
 	}
 	code, _, errOut := runCLI("frobnicate")
