@@ -40,15 +40,22 @@ func cmdExec(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := signalContext(daemon.ErrGracefulStop, nil)
+	abort := make(chan struct{})
+	ctx, stop := signalContext(daemon.ErrGracefulStop, execForce(stderr, abort, os.Exit))
 	defer stop()
+	defer execInterruptHint(ctx, stderr)()
 	res, err := execmode.Run(ctx, execmode.Options{
 		Dir: *dir, File: *file, ConfigPath: *cfgPath, Jobs: fs.Args(), Listen: *listen,
 		Stdout: stdout, Stderr: stderr, Logger: log, Version: versionString(), Color: isTerminal(stdout),
-		Variables: vars,
+		Variables: vars, Abort: abort,
 	})
 	if err != nil {
 		return err
+	}
+	select {
+	case <-abort:
+		return exitError(execAbortExitCode)
+	default:
 	}
 	if !res.Success {
 		return exitError(1)

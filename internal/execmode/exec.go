@@ -81,6 +81,10 @@ type Options struct {
 	Variables []gitlab.Variable
 	// ScalerOptions are passed to the daemon (tests).
 	ScalerOptions []taskscaler.Option
+	// Abort, when closed (a second Ctrl-C, after ctx was cancelled), aborts
+	// every job at once: after_script does not run (or is stopped), then
+	// the instances are deleted and Run returns. nil = never.
+	Abort <-chan struct{}
 	// OnEvent, when set, is called for every daemon job event after exec's
 	// own handling, from the job's goroutine (tests).
 	OnEvent func(daemon.Event)
@@ -149,11 +153,17 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if dir == "" {
 		dir = "."
 	}
-	tmp, err := os.MkdirTemp("", "instance-runner-exec-")
+	tmp, err := os.MkdirTemp("", tempPrefix)
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
+	release, err := claimTemp(tmp)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	sweepStaleAtStart(ctx, opts.Stderr)
 
 	repo, err := OpenRepo(ctx, dir, tmp)
 	if err != nil {
@@ -256,6 +266,8 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		stopDaemon()
 		return <-daemonDone
 	}
+	aborts, stopAborts := newAborter(opts.Abort, srv, o)
+	defer stopAborts()
 
 	name := "project"
 	if repo != nil {
@@ -289,6 +301,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 				repo.Allow(token)
 			}
 			srv.AddJob(Payload(p, j, proj, id, token, opts.Variables))
+			aborts.add(id)
 			wg.Go(func() { results[i] = follow(ctx, srv, o, tracker, j, id, opts.TracePoll, opts.Color) })
 		}
 		wg.Wait()
