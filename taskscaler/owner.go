@@ -180,7 +180,11 @@ type idState struct {
 	state provider.State
 }
 
-var errPreexisting = errors.New("pre-existing instance without stored state (use WithKeepPreexisting or storage to keep it)")
+// errPreexisting is why an instance found at start without stored state is
+// removed. The text is for operators of any program built on the
+// taskscaler (the library option to keep such instances is
+// WithKeepPreexisting).
+var errPreexisting = errors.New("no stored state for this instance; remove it for safety (enable state storage to keep instances across restarts)")
 
 func (t *Taskscaler) initOwner() {
 	o := &t.o
