@@ -123,6 +123,11 @@ func cloneConfig(cfg *config.Config) *config.Config {
 //     check_interval, concurrent, shutdown_timeout (a shutdown already
 //     waiting keeps its deadline), and per runner limit and
 //     request_concurrency; log_level when Options.LogLevel is set;
+//   - for jobs and instances that start after the reload: shell,
+//     builds_dir, environment, pre_build_script, post_build_script,
+//     output_limit, instance_acquire_timeout, log_internal_ip,
+//     log_external_ip and instance_ready_command (the last only when a
+//     command or state storage was configured at start);
 //   - every other changed key, and added or removed [[runners]] entries
 //     (matched by url and id, or url and name), are listed in
 //     NeedsRestart and logged: they take effect at the next start.
@@ -229,12 +234,81 @@ func (d *Daemon) Reload(cfg *config.Config) (ReloadReport, error) {
 			rep.Applied = append(rep.Applied, fmt.Sprintf("runners[%s].request_concurrency", p.r.name))
 		}
 		prefix := fmt.Sprintf("runners[%s].", p.r.name)
+		applied := applyJobKeys(p.r, p.old, p.new)
+		for _, k := range applied {
+			rep.Applied = append(rep.Applied, prefix+k)
+		}
 		rep.NeedsRestart = append(rep.NeedsRestart, diffKeys(prefix, reflect.ValueOf(*p.old), reflect.ValueOf(*p.new),
-			"limit", "request_concurrency", "autoscaler")...)
+			append([]string{"limit", "request_concurrency", "autoscaler"}, runnerJobKeys...)...)...)
 		rep.NeedsRestart = append(rep.NeedsRestart, diffKeys(prefix+"autoscaler.", reflect.ValueOf(*p.old.Autoscaler),
-			reflect.ValueOf(*p.new.Autoscaler), "policy")...)
+			reflect.ValueOf(*p.new.Autoscaler), append([]string{"policy"}, autoscalerJobKeys(p.r)...)...)...)
 	}
 	return rep, nil
+}
+
+// Per-job keys: read when a job starts, so a reload applies them to the
+// jobs that start after it (jobs already running keep what they read).
+var runnerJobKeys = []string{"shell", "builds_dir", "environment", "pre_build_script", "post_build_script", "output_limit"}
+
+// autoscalerJobKeys are the [runners.autoscaler] keys a reload applies to
+// new jobs and new instances. instance_ready_command is among them only
+// when the ready-up hook was installed at start (a command or state
+// storage was configured); adding the first one needs a restart.
+func autoscalerJobKeys(r *runner) []string {
+	keys := []string{"instance_acquire_timeout", "log_internal_ip", "log_external_ip"}
+	if a := r.cfg.Autoscaler; a.InstanceReadyCommand != "" || a.StateStorage.Enabled {
+		keys = append(keys, "instance_ready_command")
+	}
+	return keys
+}
+
+// applyJobKeys installs next's per-job keys for r when they differ from
+// live (updating live) and returns the keys applied.
+func applyJobKeys(r *runner, live, next *config.Runner) []string {
+	var applied []string
+	for _, k := range diffKeys("", reflect.ValueOf(*live), reflect.ValueOf(*next)) {
+		if slices.Contains(runnerJobKeys, k) {
+			applied = append(applied, k)
+		}
+	}
+	aKeys := autoscalerJobKeys(r)
+	for _, k := range diffKeys("", reflect.ValueOf(*live.Autoscaler), reflect.ValueOf(*next.Autoscaler)) {
+		if slices.Contains(aKeys, k) {
+			applied = append(applied, "autoscaler."+k)
+		}
+	}
+	if len(applied) == 0 {
+		return nil
+	}
+	live.Shell, live.BuildsDir, live.OutputLimit = next.Shell, next.BuildsDir, next.OutputLimit
+	live.Environment = slices.Clone(next.Environment)
+	live.PreBuildScript, live.PostBuildScript = next.PreBuildScript, next.PostBuildScript
+	la, na := live.Autoscaler, next.Autoscaler
+	la.InstanceAcquireTimeout, la.LogInternalIP, la.LogExternalIP = na.InstanceAcquireTimeout, na.LogInternalIP, na.LogExternalIP
+	if slices.Contains(aKeys, "instance_ready_command") {
+		la.InstanceReadyCommand = na.InstanceReadyCommand
+	}
+	// The running jobs' entry is immutable: publish a fresh copy.
+	cur := *r.conf()
+	cur.Shell, cur.BuildsDir, cur.OutputLimit = live.Shell, live.BuildsDir, live.OutputLimit
+	cur.Environment = slices.Clone(live.Environment)
+	cur.PreBuildScript, cur.PostBuildScript = live.PreBuildScript, live.PostBuildScript
+	ca := *cur.Autoscaler
+	ca.InstanceAcquireTimeout, ca.LogInternalIP, ca.LogExternalIP = la.InstanceAcquireTimeout, la.LogInternalIP, la.LogExternalIP
+	ca.InstanceReadyCommand = la.InstanceReadyCommand
+	cur.Autoscaler = &ca
+	r.jobCfg.Store(&cur)
+	return applied
+}
+
+// conf returns the runner's config entry as a job starting now should see
+// it: the start-up entry with the per-job keys of the last reload. Callers
+// must not modify it.
+func (r *runner) conf() *config.Runner {
+	if c := r.jobCfg.Load(); c != nil {
+		return c
+	}
+	return r.cfg
 }
 
 // diffKeys returns the toml keys of the exported fields of two structs of

@@ -591,3 +591,46 @@ func TestReloadMetrics(t *testing.T) {
 		t.Errorf("last reload timestamp %v, want about now", v)
 	}
 }
+
+func TestReloadAppliesPerJobKeysToNewJobs(t *testing.T) {
+	srv := gitlabtest.New(gitlabtest.Options{RunnerToken: "glrt-fake", LongPoll: 200 * time.Millisecond})
+	defer srv.Close()
+	seen := make(chan *config.Runner, 4)
+	run := func(ctx context.Context, in JobInput) jobexec.Result {
+		seen <- in.Runner
+		return jobexec.Result{State: gitlab.StateSuccess, ScriptStarted: true}
+	}
+	cfg := fakeConfig(t, srv.URL(), "", "")
+	d, stop := startDaemon(t, cfg, Options{RunJob: run, ScalerOptions: []taskscaler.Option{noHeartbeat()}})
+	next := cloneConfig(cfg)
+	next.Runners[0].Environment = []string{"DEPLOY_ENV=staging"}
+	next.Runners[0].OutputLimit = 8192
+	next.Runners[0].PreBuildScript = "echo pre"
+	next.Runners[0].Autoscaler.InstanceAcquireTimeout = 2 * time.Minute
+	next.Runners[0].Autoscaler.InstanceReadyCommand = "true" // no hook installed at start
+	rep, err := d.Reload(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"runners[fake].environment", "runners[fake].output_limit", "runners[fake].pre_build_script", "runners[fake].autoscaler.instance_acquire_timeout"} {
+		if !slices.Contains(rep.Applied, k) {
+			t.Errorf("Applied = %v, lacks %s", rep.Applied, k)
+		}
+	}
+	if !slices.Equal(rep.NeedsRestart, []string{"runners[fake].autoscaler.instance_ready_command"}) {
+		t.Errorf("NeedsRestart = %v, want only instance_ready_command (no ready-up hook at start)", rep.NeedsRestart)
+	}
+	waitJob(t, srv, srv.AddJob(shellJob("after", []string{"x"}, nil, 60)))
+	got := recv(t, seen, "the job's config entry")
+	if !slices.Equal(got.Environment, []string{"DEPLOY_ENV=staging"}) || got.OutputLimit != 8192 || got.PreBuildScript != "echo pre" ||
+		got.Autoscaler.InstanceAcquireTimeout != 2*time.Minute {
+		t.Errorf("job started after the reload saw %+v / %+v, want the reloaded per-job keys", got, got.Autoscaler)
+	}
+	if got.Autoscaler.InstanceReadyCommand != "" {
+		t.Errorf("instance_ready_command %q applied without a ready-up hook", got.Autoscaler.InstanceReadyCommand)
+	}
+	if r := d.runners[0]; r.cfg.Environment != nil || r.cfg.Autoscaler.InstanceAcquireTimeout != 30*time.Second {
+		t.Errorf("the start-up entry was modified: %v, %v", r.cfg.Environment, r.cfg.Autoscaler.InstanceAcquireTimeout)
+	}
+	_ = stop()
+}

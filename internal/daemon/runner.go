@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -37,6 +38,10 @@ type runner struct {
 	journal, orphans *jobjournal.Journal
 	stopRecovery     func()        // stops startRecovery's goroutine and waits
 	recoverKick      chan struct{} // wakes startRecovery's goroutine
+
+	// jobCfg is the entry with the per-job keys of the last reload; nil
+	// before one. Read it through conf (reload.go).
+	jobCfg atomic.Pointer[config.Runner]
 
 	mu      sync.Mutex
 	running map[int64]bool // job ids in progress: a job never runs twice
@@ -201,7 +206,7 @@ func (r *runner) scalerOptions() []taskscaler.Option {
 // readyUp runs instance_ready_command on a new instance; a non-zero exit
 // keeps the instance out of service (the taskscaler removes it).
 func (r *runner) readyUp(ctx context.Context, in taskscaler.UpInstance) error {
-	a := r.cfg.Autoscaler
+	a := r.conf().Autoscaler
 	if in.Restored && len(in.Acquisitions) > 0 && !a.StateStorage.KeepInstanceWithAcquisitions {
 		return fmt.Errorf("instance %s had %d job(s) in flight when the previous manager stopped; removing it (state_storage.keep_instance_with_acquisitions = false)", in.ID, len(in.Acquisitions))
 	}
@@ -213,7 +218,7 @@ func (r *runner) readyUp(ctx context.Context, in taskscaler.UpInstance) error {
 		return fmt.Errorf("connect for instance_ready_command: %w", err)
 	}
 	var out lockedBuffer
-	err = c.Run(ctx, connector.RunOptions{Command: r.cfg.Autoscaler.InstanceReadyCommand, Stdout: &out, Stderr: &out})
+	err = c.Run(ctx, connector.RunOptions{Command: a.InstanceReadyCommand, Stdout: &out, Stderr: &out})
 	if err != nil {
 		tail := strings.TrimSpace(lastBytes(out.String(), 512))
 		r.log.Warn("instance_ready_command failed", zap.String("instance_id", in.ID), zap.Error(err), zap.String("output", tail))
@@ -279,7 +284,7 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 	ev := Event{Runner: r.name, JobID: job.ID, JobName: job.JobInfo.Name, Stage: job.JobInfo.Stage}
 
 	topts := r.d.opts.Trace
-	topts.OutputLimit = int64(r.cfg.OutputLimit) * 1024
+	topts.OutputLimit = int64(r.conf().OutputLimit) * 1024
 	trace := r.api.NewJobTrace(job, topts)
 	if err := trace.Start(ctx); err != nil {
 		r.ts.Unreserve(key)
@@ -346,7 +351,7 @@ func (r *runner) handleJob(ctx context.Context, key string, job *gitlab.Job) {
 // acquired reports whether key holds a slot at the end (Release) or only
 // its reservation (Unreserve).
 func (r *runner) runOnSlot(ctx context.Context, received time.Time, key string, job *gitlab.Job, trace *gitlab.JobTrace, jr *jobRecord, log *zap.Logger) (res jobexec.Result, instanceID string, slot int, acquired bool) {
-	a := r.cfg.Autoscaler
+	a := r.conf().Autoscaler
 	fmt.Fprintf(trace, "Preparing the instance executor: waiting for a slot on an instance (at most %s, instance_acquire_timeout)...\n", a.InstanceAcquireTimeout)
 	actx, acancel := r.d.acquireContext(ctx, trace.CancelRequested(), a.InstanceAcquireTimeout)
 	acq, err := r.ts.Acquire(actx, key)
@@ -409,7 +414,7 @@ func (r *runner) execute(ctx context.Context, received time.Time, job *gitlab.Jo
 	if closed(cancelCh) {
 		return canceledBeforeScript(trace, log)
 	}
-	return run(ictx, JobInput{Runner: r.cfg, Job: job, Acquisition: acq, Trace: trace, Cancel: cancelCh, Received: received, Logger: log})
+	return run(ictx, JobInput{Runner: r.conf(), Job: job, Acquisition: acq, Trace: trace, Cancel: cancelCh, Received: received, Logger: log})
 }
 
 // runSSH is the default RunFunc: jobexec over a pooled SSH connection.
@@ -422,7 +427,7 @@ func (r *runner) runSSH(ctx context.Context, in JobInput) jobexec.Result {
 		fmt.Fprintf(in.Trace, "ERROR: Preparation failed: instance %s: %v\n", in.Acquisition.InstanceID(), err)
 		return fail(err)
 	}
-	a := r.cfg.Autoscaler
+	a := r.conf().Autoscaler
 	addr := ""
 	if a.LogInternalIP && info.InternalAddr != "" {
 		addr += " internal " + info.InternalAddr
@@ -436,7 +441,7 @@ func (r *runner) runSSH(ctx context.Context, in JobInput) jobexec.Result {
 		fmt.Fprintf(in.Trace, "ERROR: Preparation failed: cannot connect to instance %s: %v\n", info.ID, err)
 		return fail(err)
 	}
-	rc := r.cfg
+	rc := r.conf()
 	return jobexec.Run(ctx, jobexec.Options{
 		Job: in.Job,
 		Run: func(ctx context.Context, command string, stdin io.Reader, stdout, stderr io.Writer) error {
