@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -151,7 +152,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) error {
 
 func printSummary(w io.Writer, cfg *config.Config) {
 	fmt.Fprintf(w, "concurrent = %d, check_interval = %s, shutdown_timeout = %s, log_level = %q, log_format = %q\n",
-		cfg.Concurrent, cfg.CheckInterval, cfg.ShutdownTimeout, cfg.LogLevel, cfg.LogFormat)
+		cfg.Concurrent, cfg.CheckInterval, cfg.ShutdownTimeout, orDefault(cfg.LogLevel, "info"), orDefault(cfg.LogFormat, "text"))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RUNNER\tURL\tPROVIDER\tSLOTS/INSTANCE\tMAX INSTANCES\tMAX USE COUNT\tLIMIT\tREQUESTS\tPOLICIES")
 	for _, r := range cfg.Runners {
@@ -167,9 +168,27 @@ func printSummary(w io.Writer, cfg *config.Config) {
 				pre = fmt.Sprint(*p.PreemptiveMode)
 			}
 			fmt.Fprintf(w, "  %s policy %d: periods %q tz %q idle_count %d idle_time %s scale_factor %g (limit %d) preemptive %s\n",
-				r.Name, i+1, p.Periods, p.Timezone, p.IdleCount, p.IdleTime, p.ScaleFactor, p.ScaleFactorLimit, pre)
+				r.Name, i+1, p.Periods, timezoneName(p.Timezone), p.IdleCount, p.IdleTime, p.ScaleFactor, p.ScaleFactorLimit, pre)
 		}
 	}
+}
+
+// orDefault returns v, or def (the value the daemon uses) when v is empty.
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// timezoneName is a policy's zone as the daemon uses it: "" is the
+// system's local zone, shown with its current abbreviation.
+func timezoneName(tz string) string {
+	if tz != "" {
+		return tz
+	}
+	zone, _ := time.Now().Zone()
+	return "Local (system zone, now " + zone + ")"
 }
 
 func unlimited(n int) string {
