@@ -41,6 +41,10 @@ const (
 	DefaultMaxInstances        = 4
 )
 
+// MinMaskedLength is the shortest value GitLab accepts for a masked
+// variable, in characters; exec warns about shorter --secret values.
+const MinMaskedLength = 8
+
 // Options configure Run.
 type Options struct {
 	// Dir is the directory whose git repository is served; "" = the
@@ -191,6 +195,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	selected, err := p.Select(opts.Jobs)
 	if err != nil {
 		return nil, err
+	}
+	for _, v := range opts.Variables {
+		if v.Masked && len(v.Value) < MinMaskedLength {
+			fmt.Fprintf(opts.Stderr, "warning: secret %s is shorter than %d characters: GitLab refuses to mask such values; exec masks every occurrence of it in the output anyway, which may hide unrelated text\n", v.Key, MinMaskedLength)
+		}
 	}
 	if repo != nil && repo.Dirty {
 		fmt.Fprintf(opts.Stderr, "warning: %s has uncommitted changes; jobs clone HEAD (%s) without them\n", repo.Root, repo.Sha[:8])
@@ -515,6 +524,9 @@ func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *
 			detail := ""
 			if r.FailureReason != "" {
 				detail = fmt.Sprintf(" (%s, exit code %d)", r.FailureReason, r.ExitCode)
+			}
+			if r.Status == StatusFailed && r.AllowFailure {
+				detail += " (allowed to fail)"
 			}
 			o.printf("%s%s %s%s in %s\n", prefix, mark, r.Status, detail, r.Duration.Round(10*time.Millisecond))
 			return r
