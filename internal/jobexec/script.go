@@ -339,6 +339,12 @@ while :; do
   wait "$__ir_pid"; __ir_rc=$?
   kill -0 "$__ir_pid" 2>/dev/null || break
 done
+__ir_n=0
+case "$__ir_rc" in 129|141)
+  # SIGHUP or SIGPIPE: the session's output may be gone with the
+  # connection; give the watchdog a moment to see the input end.
+  while [ -z "$__ir_stopping" ] && [ "$__ir_n" -lt 5 ]; do sleep 0.2; __ir_n=$((__ir_n+1)); done ;;
+esac
 kill -KILL "$__ir_wd" 2>/dev/null
 __ir_n=0
 if [ -n "$__ir_stopping" ]; then
