@@ -127,42 +127,8 @@ func Open(dir string, logger *zap.Logger) (*Journal, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	if dir == "" {
-		return nil, errors.New("jobjournal: empty directory; set [runners.autoscaler.state_storage] dir or leave it unset for the default")
-	}
-	hint := "fix its ownership or permissions (the daemon's user needs rwx) or change [runners.autoscaler.state_storage] dir"
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("jobjournal: cannot create journal directory %q: %w; %s", dir, err, hint)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("jobjournal: cannot stat journal directory %q: %w", dir, err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("jobjournal: journal path %q is not a directory; remove it or change [runners.autoscaler.state_storage] dir", dir)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("jobjournal: journal directory %q has mode %v and cannot be restricted to 0700: %w", dir, fi.Mode().Perm(), err)
-		}
-	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("jobjournal: cannot read journal directory %q: %w; %s", dir, err, hint)
-	}
-	probe, err := os.CreateTemp(dir, ".tmp-probe-*")
-	if err != nil {
-		return nil, fmt.Errorf("jobjournal: journal directory %q is not writable: %w; %s", dir, err, hint)
-	}
-	_ = probe.Close()
-	_ = os.Remove(probe.Name())
-	for _, e := range entries {
-		if filestore.IsTempName(e.Name()) {
-			p := filepath.Join(dir, e.Name())
-			if err := os.Remove(p); err != nil {
-				logger.Warn("cannot remove temporary file left by an interrupted write", zap.String("file", p), zap.Error(err))
-			}
-		}
+	if err := filestore.PrepareDir(dir, "journal directory", logger); err != nil {
+		return nil, fmt.Errorf("jobjournal: %w", err)
 	}
 	return &Journal{dir: dir, log: logger}, nil
 }

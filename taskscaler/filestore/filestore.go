@@ -93,48 +93,62 @@ func New(dir string, logger *zap.Logger) (*Store, error) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	if err := PrepareDir(dir, "state directory", logger); err != nil {
+		return nil, fmt.Errorf("filestore: %w", err)
+	}
+	return &Store{dir: dir, log: logger}, nil
+}
+
+// PrepareDir makes dir ready to hold private state files written with
+// WriteFileAtomic: it creates it with mode 0700 when missing, tightens a
+// looser mode (the files hold credentials), checks that it can be read and
+// written now rather than at the first write, and removes temporary files
+// left by a crash in the middle of a write. what names the directory in
+// errors ("state directory", "journal directory"); logger must not be nil.
+//
+// Errors: an empty dir; a dir that cannot be created, is not a directory,
+// cannot be restricted to 0700, or cannot be read and written. Each message
+// names the path and says to fix its ownership or permissions or change
+// [runners.autoscaler.state_storage] dir.
+func PrepareDir(dir, what string, logger *zap.Logger) error {
+	const fix = "fix its ownership or permissions (the daemon's user needs rwx) or change [runners.autoscaler.state_storage] dir"
 	if dir == "" {
-		return nil, errors.New("filestore: empty directory; set [runners.autoscaler.state_storage] dir or leave it unset for the default")
+		return fmt.Errorf("empty %s path; set [runners.autoscaler.state_storage] dir or leave it unset for the default", what)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("filestore: cannot create state directory %q: %w; fix its parent's permissions or change [runners.autoscaler.state_storage] dir", dir, err)
+		return fmt.Errorf("cannot create %s %q: %w; fix its parent's permissions or change [runners.autoscaler.state_storage] dir", what, dir, err)
 	}
 	fi, err := os.Stat(dir)
 	if err != nil {
-		return nil, fmt.Errorf("filestore: cannot stat state directory %q: %w", dir, err)
+		return fmt.Errorf("cannot stat %s %q: %w", what, dir, err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("filestore: state path %q is not a directory; remove it or change [runners.autoscaler.state_storage] dir", dir)
+		return fmt.Errorf("%s %q is not a directory; remove it or change [runners.autoscaler.state_storage] dir", what, dir)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		// The directory existed with looser permissions: tighten them, the
-		// files hold credentials.
 		if err := os.Chmod(dir, 0o700); err != nil {
-			return nil, fmt.Errorf("filestore: state directory %q has mode %v and cannot be restricted to 0700: %w", dir, fi.Mode().Perm(), err)
+			return fmt.Errorf("%s %q has mode %v and cannot be restricted to 0700: %w", what, dir, fi.Mode().Perm(), err)
 		}
 	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("filestore: cannot read state directory %q: %w; fix its ownership or permissions (the daemon's user needs rwx) or change [runners.autoscaler.state_storage] dir", dir, err)
+		return fmt.Errorf("cannot read %s %q: %w; %s", what, dir, err, fix)
 	}
-	// Probe writability now rather than at the first Save, so a read-only
-	// store is reported at start-up.
 	probe, err := os.CreateTemp(dir, tempPrefix+"probe-*")
 	if err != nil {
-		return nil, fmt.Errorf("filestore: state directory %q is not writable: %w; fix its ownership or permissions or change [runners.autoscaler.state_storage] dir", dir, err)
+		return fmt.Errorf("%s %q is not writable: %w; %s", what, dir, err, fix)
 	}
 	_ = probe.Close()
 	_ = os.Remove(probe.Name())
-	s := &Store{dir: dir, log: logger}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), tempPrefix) {
+		if IsTempName(e.Name()) {
 			p := filepath.Join(dir, e.Name())
 			if err := os.Remove(p); err != nil {
 				logger.Warn("cannot remove temporary file left by an interrupted write", zap.String("file", p), zap.Error(err))
 			}
 		}
 	}
-	return s, nil
+	return nil
 }
 
 // Dir returns the directory of the store.
