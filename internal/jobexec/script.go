@@ -256,6 +256,23 @@ func (p *plan) buildVariables(o *Options) {
 	p.prelude = b.String()
 }
 
+// groupAlive defines __ir_alive PGID: true while process group PGID has a
+// process that is not a zombie. kill -0 also counts zombies, which an
+// init that reaps slowly (some containers) keeps for seconds; on Linux
+// /proc tells them apart.
+const groupAlive = `__ir_alive() {
+  kill -0 -- -"$1" 2>/dev/null || return 1
+  [ -r /proc/self/stat ] || return 0
+  local IFS=' ' __ir_g="$1" __ir_f __ir_st
+  for __ir_f in /proc/[0-9]*/stat; do
+    read -r __ir_st <"$__ir_f" 2>/dev/null || continue
+    set -f; set -- ${__ir_st##*) }; set +f
+    [ "$3" = "$__ir_g" ] && [ "$1" != Z ] && return 0
+  done
+  return 1
+}
+`
+
 // stage is one generated stage script and the token that tells its stage
 // file apart from those of other stages.
 type stage struct {
@@ -317,6 +334,7 @@ func (p *plan) stageScript(jobStatus string, body string) stage {
 	b.WriteString("__ir_main() {\nset -eo pipefail\n")
 	b.WriteString(body)
 	b.WriteString("\n}\n")
+	b.WriteString(groupAlive)
 	b.WriteString(`__ir_pid= __ir_stopping=
 __ir_sf="${CI_PROJECT_DIR}` + stageFileSuffix + `"
 __ir_stop() {
@@ -348,9 +366,9 @@ esac
 kill -KILL "$__ir_wd" 2>/dev/null
 __ir_n=0
 if [ -n "$__ir_stopping" ]; then
-  while kill -0 -- -"$__ir_pid" 2>/dev/null && [ "$__ir_n" -lt ` + strconv.Itoa(waitTicks) + ` ]; do sleep 0.2; __ir_n=$((__ir_n+1)); done
+  while __ir_alive "$__ir_pid" && [ "$__ir_n" -lt ` + strconv.Itoa(waitTicks) + ` ]; do sleep 0.2; __ir_n=$((__ir_n+1)); done
 fi
-kill -0 -- -"$__ir_pid" 2>/dev/null || rm -f "$__ir_sf"
+__ir_alive "$__ir_pid" || rm -f "$__ir_sf"
 rm -rf "$__ir_tmp"
 exit "$__ir_rc"
 `)
@@ -383,6 +401,7 @@ func (p *plan) reapScript(token string) string {
 	var b strings.Builder
 	writeBootstrap(&b, token)
 	b.WriteString(p.dirs)
+	b.WriteString(groupAlive)
 	ticks := int(stopGrace / (200 * time.Millisecond))
 	fmt.Fprintf(&b, `__ir_sf="${CI_PROJECT_DIR}%s"
 read -r __ir_t __ir_g <"$__ir_sf" 2>/dev/null || exit 0
@@ -391,7 +410,7 @@ case "$__ir_g" in ''|*[!0-9]*) exit 0 ;; esac
 [ "$__ir_g" -gt 1 ] || exit 0
 kill -TERM -- -"$__ir_g" 2>/dev/null
 __ir_n=0
-while kill -0 -- -"$__ir_g" 2>/dev/null; do
+while __ir_alive "$__ir_g"; do
   [ "$__ir_n" -ge %d ] && kill -KILL -- -"$__ir_g" 2>/dev/null
   [ "$__ir_n" -ge %d ] && exit 1
   sleep 0.2; __ir_n=$((__ir_n+1))

@@ -28,19 +28,22 @@ import (
 // sleepers returns a unique sleep duration (seconds, as text) and the job
 // commands that start processes sleeping that long: one in the
 // background, one in a background bash, one in the foreground (after
-// "started" is printed).
+// "started" is printed); and a background bash marked slow-<n> that takes
+// a second to stop after SIGTERM.
 func sleepers() (string, []string) {
 	n := strconv.Itoa(100000 + rand.IntN(800000))
 	return n, []string{
 		"sleep " + n + " &",
 		"bash -c 'sleep " + n + "; :' &",
+		// Takes a second to stop after SIGTERM: Run must wait for it.
+		`bash -c 'trap "sleep 1; exit 0" TERM; while :; do sleep 0.1; done' slow-` + n + " &",
 		"echo started",
 		"sleep " + n,
 	}
 }
 
-// sleeping returns the pids of processes running `sleep n` on this
-// machine (the instance of every test here).
+// sleeping returns the pids of processes running `sleep n` or marked
+// slow-<n> on this machine (the instance of every test here).
 func sleeping(t *testing.T, n string) []string {
 	t.Helper()
 	var pids []string
@@ -57,7 +60,7 @@ func sleeping(t *testing.T, n string) []string {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if len(args) == 2 && filepath.Base(args[0]) == "sleep" && args[1] == n {
+		if len(args) == 2 && filepath.Base(args[0]) == "sleep" && args[1] == n || len(args) == 4 && args[3] == "slow-"+n {
 			pids = append(pids, e.Name())
 		}
 	}
