@@ -92,6 +92,9 @@ func (r *runner) openState() ([]taskscaler.Option, error) {
 			return nil, fmt.Errorf("runner %s: state_storage: %w", r.name, err)
 		}
 		opts = append(opts, taskscaler.WithStorage(store))
+	} else if !r.cfg.Autoscaler.DeleteInstancesOnShutdown {
+		r.log.Info("instances found at start have no stored state and are removed for safety; " +
+			"set [runners.autoscaler.state_storage] enabled = true to keep them across restarts")
 	}
 	err := func() error {
 		j, err := jobjournal.Open(filepath.Join(dir, stateJobsDir), r.log)
