@@ -94,6 +94,51 @@ type Pipeline struct {
 	Jobs []*Job
 	// Warnings name keywords that were ignored, one sentence each.
 	Warnings []string
+
+	// ignored collects, per ignored job keyword in file order, the jobs
+	// using it, so that a keyword used by many jobs is one warning.
+	ignored []ignoredUse
+}
+
+type ignoredUse struct {
+	key  string
+	jobs []string
+}
+
+// noteIgnored records that job uses the ignored keyword key.
+func (p *Pipeline) noteIgnored(job, key string) {
+	for i := range p.ignored {
+		if p.ignored[i].key == key {
+			p.ignored[i].jobs = append(p.ignored[i].jobs, job)
+			return
+		}
+	}
+	p.ignored = append(p.ignored, ignoredUse{key: key, jobs: []string{job}})
+}
+
+// flushIgnored turns the recorded uses into warnings: `job "a": KEY is
+// ignored: why` for one job, `jobs "a", "b" and 3 more: …` for several.
+func (p *Pipeline) flushIgnored() {
+	for _, u := range p.ignored {
+		if len(u.jobs) == 1 {
+			p.Warnings = append(p.Warnings, warning(u.jobs[0], u.key, ignoredKeywords[u.key]))
+			continue
+		}
+		names := make([]string, 0, 4)
+		for _, j := range u.jobs[:min(len(u.jobs), 3)] {
+			names = append(names, strconv.Quote(j))
+		}
+		who := "jobs " + strings.Join(names, ", ")
+		if n := len(u.jobs) - 3; n > 0 {
+			who += fmt.Sprintf(" and %d more", n)
+		}
+		msg := fmt.Sprintf("%s: %s is ignored", who, u.key)
+		if why := ignoredKeywords[u.key]; why != "" {
+			msg += ": " + why
+		}
+		p.Warnings = append(p.Warnings, msg)
+	}
+	p.ignored = nil
 }
 
 // ParseFile reads and parses a `.gitlab-ci.yml` file. Errors name the file.
@@ -125,11 +170,11 @@ var ignoredKeywords = map[string]string{
 	"hooks":               "",
 	"identity":            "",
 	"dast_configuration":  "",
-	"artifacts":           "ignored by exec: artifacts are not uploaded (files stay on the instance)",
-	"cache":               "ignored by exec: the cache is neither restored nor saved",
-	"rules":               "not evaluated by exec: the job runs as `when: on_success` (name the jobs to run on the command line)",
-	"only":                "not evaluated by exec: the job runs as `when: on_success` (name the jobs to run on the command line)",
-	"except":              "not evaluated by exec: the job runs as `when: on_success` (name the jobs to run on the command line)",
+	"artifacts":           "artifacts are not uploaded (files stay on the instance)",
+	"cache":               "the cache is neither restored nor saved",
+	"rules":               "not evaluated by exec; the job runs as `when: on_success` (name the jobs to run on the command line)",
+	"only":                "not evaluated by exec; the job runs as `when: on_success` (name the jobs to run on the command line)",
+	"except":              "not evaluated by exec; the job runs as `when: on_success` (name the jobs to run on the command line)",
 	"id_tokens":           "exec issues no ID tokens; a script that needs them fails",
 	"secrets":             "exec fetches no external secrets; pass them with --secret",
 	"inherit":             "default and global variables are always inherited",
@@ -238,6 +283,7 @@ func Parse(data []byte) (*Pipeline, error) {
 		}
 		p.Jobs = append(p.Jobs, j)
 	}
+	p.flushIgnored()
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -389,7 +435,11 @@ func parseJob(name string, m yaml.MapSlice, d *Job, p *Pipeline, lines keyLines)
 			case bool:
 				j.AllowFailure = v
 			default:
-				err = errors.New("must be true or false (allow_failure:exit_codes is not supported by exec)")
+				if am, ok := asMap(v); ok && slices.ContainsFunc(am, func(it yaml.MapItem) bool { return it.Key == "exit_codes" }) {
+					j.Unsupported = append(j.Unsupported, "it uses allow_failure:exit_codes, which exec does not support; use allow_failure: true")
+					break
+				}
+				err = errors.New("must be true or false")
 			}
 		case "when":
 			s, _ := it.Value.(string)
@@ -397,13 +447,13 @@ func parseJob(name string, m yaml.MapSlice, d *Job, p *Pipeline, lines keyLines)
 			case OnSuccess, OnFailure, Always, Manual, Never:
 				j.When = When(s)
 			case "delayed":
-				err = errors.New("`when: delayed` is not supported by exec; use on_success")
+				j.Unsupported = append(j.Unsupported, "it uses `when: delayed`, which exec does not support; use on_success")
 			default:
 				err = fmt.Errorf("unknown value %v; use on_success, on_failure, always, manual or never", it.Value)
 			}
 		default:
-			if why, ok := ignoredKeywords[key]; ok {
-				p.Warnings = append(p.Warnings, warning(name, key, why))
+			if _, ok := ignoredKeywords[key]; ok {
+				p.noteIgnored(name, key)
 				continue
 			}
 			if why, ok := unrunnableKeywords[key]; ok {

@@ -100,8 +100,6 @@ func TestParseErrors(t *testing.T) {
 		{"unknown stage", "stages: [a]\nj:\n  stage: b\n  script: [x]\n", []string{`stage "b" is not listed`}},
 		{"bad timeout", "j:\n  script: [x]\n  timeout: 5 fortnights\n", []string{`job "j": timeout`, `unknown unit "fortnights"`}},
 		{"bad when", "j:\n  script: [x]\n  when: sometimes\n", []string{`job "j": when`, "use on_success"}},
-		{"delayed", "j:\n  script: [x]\n  when: delayed\n", []string{"delayed"}},
-		{"allow_failure exit codes", "j:\n  script: [x]\n  allow_failure: {exit_codes: [1]}\n", []string{"exit_codes is not supported"}},
 		{"extends loop", ".a:\n  extends: .b\n.b:\n  extends: .a\nj:\n  extends: .a\n  script: [x]\n", []string{"extends loops"}},
 		{"job not a map", "j: [echo hi]\n", []string{`job "j": must be a mapping`}},
 		{"bad yaml", "j:\n  script: [x\n", []string{"invalid YAML"}},
@@ -235,6 +233,13 @@ matrix:
 from-include:
   extends: .included-template
   script: [echo hi]
+delayed:
+  when: delayed
+  start_in: 5 minutes
+  script: [echo later]
+exit-codes:
+  allow_failure: {exit_codes: [3]}
+  script: [exit 3]
 `
 	p, err := Parse([]byte(src))
 	if err != nil {
@@ -242,7 +247,7 @@ from-include:
 	}
 	warns := strings.Join(p.Warnings, "\n")
 	for _, w := range []string{"include is not followed", "top-level cache is ignored",
-		`job "build": artifacts is ignored: ignored by exec: artifacts are not uploaded`,
+		`job "build": artifacts is ignored: artifacts are not uploaded`,
 		`job "build": cache is ignored`, `job "build": rules is ignored: not evaluated by exec`,
 		`job "build": only is ignored`, `job "build": except is ignored`} {
 		if !strings.Contains(warns, w) {
@@ -254,6 +259,8 @@ from-include:
 		t.Fatalf("Select(build) = %v, %v; want build as on_success", got, err)
 	}
 	for name, want := range map[string]string{
+		"delayed":      `job "delayed" cannot run in exec: it uses ` + "`when: delayed`",
+		"exit-codes":   `job "exit-codes" cannot run in exec: it uses allow_failure:exit_codes`,
 		"deploy":       `job "deploy" cannot run in exec: it uses trigger`,
 		"matrix":       `job "matrix" cannot run in exec: it uses parallel`,
 		"from-include": `job "from-include" cannot run in exec: it extends ".included-template", which is not defined`,
@@ -265,5 +272,25 @@ from-include:
 	_, err = p.Select(nil)
 	if err == nil || !strings.Contains(err.Error(), "name the jobs to run instead, e.g. instance-runner exec build") {
 		t.Errorf("Select(all) error = %v, want one suggesting the runnable jobs", err)
+	}
+}
+
+// A keyword ignored in many jobs is one warning naming a few of them.
+func TestIgnoredKeywordWarningsAreGrouped(t *testing.T) {
+	var b strings.Builder
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		b.WriteString(n + ":\n  script: [x]\n  rules: [{when: always}]\n")
+	}
+	b.WriteString("f:\n  script: [x]\n  cache: {}\n")
+	p, err := Parse([]byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`jobs "a", "b", "c" and 2 more: rules is ignored: not evaluated by exec; the job runs as ` + "`when: on_success`" + ` (name the jobs to run on the command line)`,
+		`job "f": cache is ignored: the cache is neither restored nor saved`,
+	}
+	if diff := cmp.Diff(want, p.Warnings); diff != "" {
+		t.Errorf("warnings (-want +got):\n%s", diff)
 	}
 }
