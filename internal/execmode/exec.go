@@ -536,7 +536,7 @@ func follow(ctx context.Context, srv *gitlabtest.Server, o *out, t *tracker, j *
 			if !canceled {
 				canceled = true
 				srv.Cancel(id)
-				o.printf("%scanceling (after_script still runs)\n", prefix)
+				o.printf("%scanceling (a started script is stopped and after_script runs; a job not yet in its script never starts it)\n", prefix)
 			}
 			ctx = context.WithoutCancel(ctx)
 		}
