@@ -109,7 +109,7 @@ func TestBuildsDirForms(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"", `export CI_BUILDS_DIR="${HOME}"'/builds'`},
 		{"builds", `export CI_BUILDS_DIR="${HOME}"'/builds'`},
-		{"work/b/", `export CI_BUILDS_DIR="${HOME}"'/work/b'`},
+		{"ci-work/b/", `export CI_BUILDS_DIR="${HOME}"'/ci-work/b'`},
 		{"~/ci", `export CI_BUILDS_DIR="${HOME}"'/ci'`},
 		{"/var/ci//builds/", `export CI_BUILDS_DIR='/var/ci/builds'`},
 	} {
