@@ -21,6 +21,8 @@ import (
 	"github.com/fleetwright/taskscaler/provider/fake"
 	"github.com/fleetwright/taskscaler/taskscaler"
 	"github.com/fleetwright/taskscaler/taskscaler/filestore"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 )
 
 // fakeConfig is a config for one runner on the fake provider.
@@ -117,16 +119,27 @@ func TestShutdownLetsRunningJobsFinishAndStopsRequesting(t *testing.T) {
 	defer srv.Close()
 	group := fake.New(fake.Config{})
 	fr := newFakeRun()
-	_, stop := startDaemon(t, fakeConfig(t, srv.URL(), "", "delete_instances_on_shutdown = true"), Options{
+	opts := Options{
+		Logger:   zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)),
+		SystemID: "s_000000000000",
 		NewGroup: func(*config.Runner) (provider.InstanceGroup, error) { return group, nil },
 		RunJob:   fr.run, ScalerOptions: []taskscaler.Option{noHeartbeat()},
-	})
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	d, err := New(ctx, fakeConfig(t, srv.URL(), "", "delete_instances_on_shutdown = true"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.Run(ctx) }()
 	id := srv.AddJob(shellJob("long", []string{"x"}, nil, 60))
 	recv(t, fr.started, "job start")
 
-	stopped := make(chan error, 1)
-	go func() { stopped <- stop() }()
-	// Polling stops: a job queued now is never handed out.
+	// The stop begins before the next job is queued (cancel returns once
+	// the context is done), so polling has stopped: a job queued now is
+	// never handed out.
+	cancel(nil)
 	later := srv.AddJob(shellJob("later", []string{"x"}, nil, 60))
 	close(fr.release)
 	if err := recv(t, stopped, "Run to return"); err != nil {
