@@ -230,13 +230,9 @@ func (j *Journal) read(p, stem string) (Record, error) {
 		return Record{}, err
 	}
 	var env envelope
-	dec := json.NewDecoder(bytes.NewReader(data))
-	err = dec.Decode(&env)
+	err = filestore.DecodeJSON(data, &env)
 	switch {
 	case err != nil:
-		err = fmt.Errorf("invalid JSON: %w", err)
-	case dec.More():
-		err = errors.New("trailing data after the JSON object")
 	case env.Version != formatVersion:
 		err = fmt.Errorf("format version %d, want %d", env.Version, formatVersion)
 	case strconv.FormatInt(env.Record.JobID, 10) != stem:

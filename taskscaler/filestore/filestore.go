@@ -202,13 +202,9 @@ func (s *Store) Load(ctx context.Context, id string) (taskscaler.InstanceState, 
 		return taskscaler.InstanceState{}, false, nil
 	}
 	var env envelope
-	dec := json.NewDecoder(bytes.NewReader(data))
-	err = dec.Decode(&env)
+	err = DecodeJSON(data, &env)
 	switch {
 	case err != nil:
-		err = fmt.Errorf("invalid JSON: %w", err)
-	case dec.More():
-		err = errors.New("trailing data after the JSON object")
 	case env.Version != formatVersion:
 		err = fmt.Errorf("format version %d, want %d", env.Version, formatVersion)
 	case env.State.ID != id:
@@ -318,6 +314,21 @@ func WriteFileAtomic(path string, data []byte) (err error) {
 		return fmt.Errorf("filestore: rename %s to %s: %w", tmp, path, err)
 	}
 	return syncDir(dir)
+}
+
+// DecodeJSON decodes data, which must hold exactly one JSON object, into
+// v: a state file with anything after its object was not written by
+// WriteFileAtomic. Errors: "invalid JSON: …" or "trailing data after the
+// JSON object".
+func DecodeJSON(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("invalid JSON: %w", err)
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
 }
 
 // IsTempName reports whether a directory entry name is a temporary file of
