@@ -16,10 +16,12 @@ func TestGroupAliveIgnoresZombies(t *testing.T) {
 		t.Skip("needs /proc")
 	}
 	// The zombie's parent execs into sleep, which never reaps it; the
-	// zombie is alone in its process group (set -m).
+	// zombie is alone in its process group (set -m). The child outlives
+	// the exec (sleep 1, not true): a child that ends before the exec is
+	// reaped by bash itself and never becomes a zombie.
 	script := groupAlive + `
 set -m
-bash -c 'set -m; true & echo $!; exec sleep 30' > zpid &
+bash -c 'set -m; sleep 1 & echo $!; exec sleep 30' > zpid &
 holder=$!
 while [ ! -s zpid ]; do sleep 0.05; done
 z=$(cat zpid)
