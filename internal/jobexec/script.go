@@ -265,7 +265,7 @@ const groupAlive = `__ir_alive() {
   [ -r /proc/self/stat ] || return 0
   local IFS=' ' __ir_g="$1" __ir_f __ir_st
   for __ir_f in /proc/[0-9]*/stat; do
-    read -r __ir_st <"$__ir_f" 2>/dev/null || continue
+    read -r __ir_st 2>/dev/null <"$__ir_f" || continue # 2> first: a process that just ended must not print an error
     set -f; set -- ${__ir_st##*) }; set +f
     [ "$3" = "$__ir_g" ] && [ "$1" != Z ] && return 0
   done
