@@ -101,13 +101,15 @@ func (p *poller) releasedCh() <-chan struct{} {
 // stopped. Jobs already started keep running under jobCtx; wait for them
 // with waitJobs.
 func (p *poller) run(ctx, jobCtx context.Context, n int) {
+	// One critical section: a reload between reading wantLoops and
+	// starting the loops would otherwise be undone by a stale n.
 	p.mu.Lock()
 	p.runCtx, p.runJobCtx = ctx, jobCtx
-	if p.wantLoops > 0 {
-		n = p.wantLoops
+	if p.wantLoops == 0 {
+		p.wantLoops = max(n, 1)
 	}
+	p.applyLoopsLocked()
 	p.mu.Unlock()
-	p.setRequestConcurrency(n)
 	<-ctx.Done()
 	p.mu.Lock()
 	p.runCtx, p.loopStops = nil, nil // no loop starts after this

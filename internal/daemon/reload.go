@@ -480,10 +480,16 @@ func (p *poller) setCheckInterval(d time.Duration) {
 // flight is cancelled; an unacknowledged job is requeued by GitLab. Before
 // run, it sets the number run starts; after run, it does nothing.
 func (p *poller) setRequestConcurrency(n int) {
-	n = max(n, 1)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.wantLoops = n
+	p.wantLoops = max(n, 1)
+	p.applyLoopsLocked()
+}
+
+// applyLoopsLocked starts or stops request loops until wantLoops run, if
+// run is running. p.mu must be held.
+func (p *poller) applyLoopsLocked() {
+	n := p.wantLoops
 	if p.runCtx == nil || p.runCtx.Err() != nil {
 		return
 	}
